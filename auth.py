@@ -1,0 +1,96 @@
+"""Bearer-token authentication: user tokens stored hashed in the database, and the admin token."""
+
+import hashlib
+import secrets
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from db import SessionDep, write_transaction
+from errors import Conflict, Forbidden, NotFound, Unauthenticated
+from models import ApiToken, User
+from schemas import UserCreate
+
+_bearer = HTTPBearer(auto_error=False, description="A user token, or the admin token for admin routes")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def hash_token(token: str) -> str:
+    """The form a token is stored and looked up in."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _add_token(session: Session, user_id: uuid.UUID) -> str:
+    token = secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user_id, token_hash=hash_token(token)))
+    return token
+
+
+def issue_token(session: Session, user_id: uuid.UUID) -> str:
+    """Store a new bearer token for an existing user; the plain token is returned only here."""
+    with write_transaction(session):
+        if session.get(User, user_id) is None:
+            raise NotFound("USER_NOT_FOUND", "No user has this id.")
+        return _add_token(session, user_id)
+
+
+def create_user(session: Session, data: UserCreate) -> tuple[User, str]:
+    """Register a user with a first token; 409 when the handle is taken (case-insensitively)."""
+    user = User(name=data.name, handle=data.handle, email=data.email)
+    try:
+        with write_transaction(session):
+            session.add(user)
+            session.flush()
+            token = _add_token(session, user.id)
+    except IntegrityError as exc:
+        raise Conflict("HANDLE_TAKEN", "This handle is already taken.") from exc
+    return user, token
+
+
+def _user_for_token(session: Session, token: str) -> User | None:
+    stmt = select(User).join(ApiToken, ApiToken.user_id == User.id).where(ApiToken.token_hash == hash_token(token))
+    return session.scalar(stmt)
+
+
+def get_optional_user(session: SessionDep, credentials: BearerDep) -> User | None:
+    """The token's user, None without a token; an invalid token is still a 401."""
+    if credentials is None:
+        return None
+    user = _user_for_token(session, credentials.credentials)
+    if user is None:
+        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+    return user
+
+
+def get_current_user(user: Annotated[User | None, Depends(get_optional_user)]) -> User:
+    """The token's user; 401 without one."""
+    if user is None:
+        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs an Authorization: Bearer <token> header.")
+    return user
+
+
+def require_admin(request: Request, session: SessionDep, credentials: BearerDep) -> None:
+    """Admit only the admin token: 401 without a valid token, 403 for a user token."""
+    if credentials is None:
+        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
+    if secrets.compare_digest(credentials.credentials.encode(), request.app.state.admin_token.encode()):
+        return
+    if _user_for_token(session, credentials.credentials) is not None:
+        raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
+    raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+
+
+def ensure_acting_user(user: User, user_id: uuid.UUID | None) -> None:
+    """A `user_id` sent by a client must name the token's user."""
+    if user_id is not None and user_id != user.id:
+        raise Forbidden("USER_MISMATCH", "user_id does not match the bearer token's user.")
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+AdminDep = Depends(require_admin)

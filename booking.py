@@ -1,0 +1,388 @@
+"""The hold lifecycle: race-safe claims, conditional transitions judged at query time, user-aware slots.
+
+Every write to `holds` goes through `_insert_hold` or `_update_holds`. Each is one SQL
+statement whose WHERE clause carries the whole rule (ownership, state, expiry against the
+application clock), so the database decides atomically and no decision rests on a value read
+earlier. The partial unique index `uq_holds_active_slot` backs this up: whatever the isolation
+level, the database refuses a second HOLD/CONFIRMED row for a slot.
+"""
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
+
+from sqlalchemy import ColumnElement, Uuid, and_, case, exists, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from clock import utc_now
+from config import Settings
+from db import write_transaction
+from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
+from models import ACTIVE_STATUSES, Hold, Room, TimeSlot, UTCDateTime
+from pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from schemas import HoldPage, HoldRead, HoldStatus, SlotPage, SlotRead, SlotStatus
+
+HOLD, CONFIRMED = HoldStatus.HOLD.value, HoldStatus.CONFIRMED.value
+RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED.value, HoldStatus.CANCELLED.value, HoldStatus.EXPIRED.value
+
+
+# --- what "live" means, in SQL and in Python --------------------------------------------------
+
+
+def live_claim(now: datetime, hold: Any = Hold) -> ColumnElement[bool]:
+    """A row that claims its slot at `now`: a booking, or a hold that has not expired.
+
+    The `IN` term repeats the unique index's predicate so SQLite and PostgreSQL can answer
+    from that small partial index instead of scanning the history of dead holds.
+    """
+    return and_(
+        hold.status.in_(ACTIVE_STATUSES),
+        or_(hold.status == CONFIRMED, hold.expires_at > now),
+    )
+
+
+def hold_status(hold: Hold, now: datetime) -> HoldStatus:
+    """The status a reader sees: an unexpired HOLD whose time is up reads EXPIRED."""
+    if hold.status == HOLD and hold.expires_at <= now:
+        return HoldStatus.EXPIRED
+    return HoldStatus(hold.status)
+
+
+def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
+    if status is HoldStatus.HOLD:
+        return and_(Hold.status == HOLD, Hold.expires_at > now)
+    if status is HoldStatus.EXPIRED:
+        return or_(Hold.status == EXPIRED, and_(Hold.status == HOLD, Hold.expires_at <= now))
+    return Hold.status == status.value
+
+
+def hold_read(hold: Hold, now: datetime, settings: Settings) -> HoldRead:
+    """Render a hold row for the API, its status derived at `now`."""
+    return HoldRead(
+        hold_id=hold.id,
+        slot_id=hold.slot_id,
+        user_id=hold.user_id,
+        status=hold_status(hold, now),
+        expires_at=hold.expires_at,
+        confirmed_at=hold.confirmed_at,
+        extensions_used=hold.extension_count,
+        extensions_left=max(settings.hold_max_extensions - hold.extension_count, 0),
+        created_date=hold.created_date,
+        last_updated_date=hold.last_updated_date,
+    )
+
+
+# --- the two statements that write holds -------------------------------------------------------
+
+
+def _insert_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime, ttl: int) -> Hold | None:
+    """INSERT … SELECT … WHERE the slot is open and has no live claim; None when refused."""
+    hold_id = uuid.uuid4()
+    values = select(
+        literal(hold_id, Uuid),
+        literal(slot_id, Uuid),
+        literal(user_id, Uuid),
+        literal(HOLD),
+        literal(now + timedelta(seconds=ttl), UTCDateTime),
+        literal(0),
+        literal(now, UTCDateTime),
+        literal(now, UTCDateTime),
+    ).where(
+        exists().where(TimeSlot.id == slot_id, TimeSlot.start_time > now),
+        ~exists().where(Hold.slot_id == slot_id, live_claim(now)),
+    )
+    columns = [
+        "id",
+        "slot_id",
+        "user_id",
+        "status",
+        "expires_at",
+        "extension_count",
+        "created_date",
+        "last_updated_date",
+    ]
+    inserted = session.execute(insert(Hold).from_select(columns, values)).rowcount
+    return session.get(Hold, hold_id) if inserted == 1 else None
+
+
+def _update_holds(session: Session, *conditions: ColumnElement[bool], now: datetime, **values: Any) -> list[Hold]:
+    """One conditional UPDATE of hold rows; returns the rows it changed (none when refused)."""
+    stmt = (
+        update(Hold)
+        .where(*conditions)
+        .values(**values, last_updated_date=now)
+        .returning(Hold)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return list(session.scalars(stmt))
+
+
+def _retire_expired_holds(session: Session, slot_id: uuid.UUID, now: datetime) -> None:
+    # The unique index predicate cannot mention the time, so a hold that lapsed still occupies
+    # the slot's index entry until it is marked EXPIRED, in the same transaction as a new claim.
+    _update_holds(
+        session,
+        Hold.slot_id == slot_id,
+        Hold.status.in_(ACTIVE_STATUSES),
+        Hold.status == HOLD,
+        Hold.expires_at <= now,
+        now=now,
+        status=EXPIRED,
+    )
+
+
+# --- the lifecycle -------------------------------------------------------------------------------
+
+
+def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
+    now = utc_now()
+    try:
+        with write_transaction(session):
+            _retire_expired_holds(session, slot_id, now)
+            hold = _insert_hold(session, slot_id=slot_id, user_id=user_id, now=now, ttl=settings.hold_ttl_seconds)
+            if hold is None:
+                _explain_refused_claim(session, slot_id, user_id, now)
+    except IntegrityError:
+        # A concurrent transaction won the unique index (PostgreSQL, READ COMMITTED), or the
+        # slot was deleted under us: report the state as it is now.
+        _explain_refused_claim(session, slot_id, user_id, now)
+    return hold_read(hold, now, settings)
+
+
+def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime) -> NoReturn:
+    slot = session.get(TimeSlot, slot_id)
+    if slot is None:
+        raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
+    if slot.start_time <= now:
+        raise Conflict("SLOT_STARTED", "This slot has already started and can no longer be held.")
+    claim = session.scalar(select(Hold).where(Hold.slot_id == slot_id, live_claim(now)))
+    if claim is None:  # the competing claim ended between our statements
+        raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot was claimed concurrently; try again.")
+    if claim.status == CONFIRMED:
+        raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot is already booked.", slot_status=SlotStatus.BOOKED)
+    mine = claim.user_id == user_id
+    raise SlotUnavailable(
+        "SLOT_UNAVAILABLE",
+        f"This slot is held {'by you' if mine else 'by another user'} until {claim.expires_at.isoformat()}.",
+        slot_status=SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER,
+        held_until=claim.expires_at,
+        hold_id=claim.id if mine else None,
+    )
+
+
+def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Hold:
+    hold = session.get(Hold, hold_id, populate_existing=True)
+    if hold is None:
+        raise NotFound("HOLD_NOT_FOUND", "No hold has this id.")
+    if hold.user_id != user_id:
+        raise NotHoldOwner()
+    return hold
+
+
+def _gone(hold: Hold, now: datetime, detail: str) -> HoldGone:
+    status = hold_status(hold, now)
+    return HoldGone(f"HOLD_{status.value}", detail, hold_status=status)
+
+
+def _transition(
+    session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, now: datetime, *rule: ColumnElement[bool], **values: Any
+) -> Hold | None:
+    changed = _update_holds(session, Hold.id == hold_id, Hold.user_id == user_id, *rule, now=now, **values)
+    return changed[0] if changed else None
+
+
+def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    """Turn the caller's live hold into a booking; confirming a booking again returns it."""
+    now = utc_now()
+    with write_transaction(session):
+        hold = _transition(
+            session,
+            hold_id,
+            user_id,
+            now,
+            Hold.status == HOLD,
+            Hold.expires_at > now,
+            status=CONFIRMED,
+            confirmed_at=now,
+        )
+        if hold is None:
+            hold = _owned_hold(session, hold_id, user_id)
+            if hold.status != CONFIRMED:
+                raise _gone(hold, now, CONFIRM_GONE_DETAIL)
+    return hold_read(hold, now, settings)
+
+
+def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    """Give the caller's live hold back; releasing it again returns it."""
+    now = utc_now()
+    with write_transaction(session):
+        hold = _transition(session, hold_id, user_id, now, Hold.status == HOLD, Hold.expires_at > now, status=RELEASED)
+        if hold is None:
+            hold = _owned_hold(session, hold_id, user_id)
+            if hold.status in (CONFIRMED, CANCELLED):
+                raise Conflict(f"HOLD_{hold.status}", "A booking cannot be released; cancel it instead.")
+            if hold.status != RELEASED:
+                raise _gone(hold, now, "This hold has expired.")
+    return hold_read(hold, now, settings)
+
+
+def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
+    now = utc_now()
+    with write_transaction(session):
+        hold = _transition(
+            session,
+            hold_id,
+            user_id,
+            now,
+            Hold.status == HOLD,
+            Hold.expires_at > now,
+            Hold.extension_count < settings.hold_max_extensions,
+            expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
+            extension_count=Hold.extension_count + 1,
+        )
+        if hold is None:
+            hold = _owned_hold(session, hold_id, user_id)
+            status = hold_status(hold, now)
+            if status is HoldStatus.HOLD:
+                raise Conflict(
+                    "EXTENSION_LIMIT_REACHED",
+                    f"A hold can be extended at most {settings.hold_max_extensions} time(s).",
+                )
+            if status in (HoldStatus.CONFIRMED, HoldStatus.CANCELLED):
+                raise Conflict(f"HOLD_{status.value}", "Only a live hold can be extended.")
+            raise _gone(hold, now, "This hold has expired or was released.")
+    return hold_read(hold, now, settings)
+
+
+def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
+    now = utc_now()
+    slot_not_started = exists().where(TimeSlot.id == Hold.slot_id, TimeSlot.start_time > now)
+    with write_transaction(session):
+        hold = _transition(session, hold_id, user_id, now, Hold.status == CONFIRMED, slot_not_started, status=CANCELLED)
+        if hold is None:
+            hold = _owned_hold(session, hold_id, user_id)
+            if hold.status == CONFIRMED:
+                raise Conflict("SLOT_STARTED", "A booking cannot be cancelled once its slot has started.")
+            if hold.status != CANCELLED:
+                raise Conflict("HOLD_NOT_CONFIRMED", "Only a confirmed booking can be cancelled.")
+    return hold_read(hold, now, settings)
+
+
+def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    """One of the caller's holds, its status derived now."""
+    return hold_read(_owned_hold(session, hold_id, user_id), utc_now(), settings)
+
+
+def list_holds(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    status: HoldStatus | None,
+    limit: int,
+    cursor: str | None,
+    settings: Settings,
+) -> HoldPage:
+    """The caller's holds and bookings, newest first, keyset-paginated."""
+    now = utc_now()
+    stmt = select(Hold).where(Hold.user_id == user_id)
+    if status is not None:
+        stmt = stmt.where(_status_filter(status, now))
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(Hold.created_date < at, and_(Hold.created_date == at, Hold.id < last_id)))
+    rows = list(session.scalars(stmt.order_by(Hold.created_date.desc(), Hold.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].created_date, page[-1].id) if len(rows) > limit else None
+    return HoldPage(items=[hold_read(h, now, settings) for h in page], next_cursor=next_cursor)
+
+
+# --- slots as each caller sees them ----------------------------------------------------------------
+
+
+def _slot_query(viewer_id: uuid.UUID | None, now: datetime) -> tuple[Any, Any, ColumnElement[str]]:
+    claim = aliased(Hold)
+    whens: list[tuple[ColumnElement[bool], str]] = [
+        (claim.id.is_(None), SlotStatus.AVAILABLE.value),
+        (claim.status == CONFIRMED, SlotStatus.BOOKED.value),
+    ]
+    if viewer_id is not None:
+        whens.append((claim.user_id == viewer_id, SlotStatus.HELD_BY_ME.value))
+    status = case(*whens, else_=SlotStatus.HELD_BY_OTHER.value)
+    stmt = select(TimeSlot, claim, status).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
+    return stmt, claim, status
+
+
+def _slot_read(slot: TimeSlot, claim: Hold | None, status: str, viewer_id: uuid.UUID | None) -> SlotRead:
+    mine = claim is not None and viewer_id is not None and claim.user_id == viewer_id
+    return SlotRead(
+        id=slot.id,
+        room_id=slot.room_id,
+        start_time=slot.start_time,
+        end_time=slot.end_time,
+        status=SlotStatus(status),
+        hold_id=claim.id if mine and claim else None,
+        expires_at=claim.expires_at if mine and claim and claim.status == HOLD else None,
+        created_date=slot.created_date,
+        last_updated_date=slot.last_updated_date,
+    )
+
+
+def list_slots(
+    session: Session,
+    *,
+    viewer_id: uuid.UUID | None,
+    room_id: uuid.UUID | None,
+    start_from: datetime | None,
+    start_to: datetime | None,
+    status: SlotStatus | None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> SlotPage:
+    """Slots ordered by start time with each one's status for the caller, keyset-paginated."""
+    now = utc_now()
+    if room_id is not None and session.get(Room, room_id) is None:
+        raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
+    stmt, _, slot_status = _slot_query(viewer_id, now)
+    stmt = stmt.where(TimeSlot.start_time >= (start_from or now))
+    if room_id is not None:
+        stmt = stmt.where(TimeSlot.room_id == room_id)
+    if start_to is not None:
+        stmt = stmt.where(TimeSlot.start_time < start_to)
+    if status is not None:
+        stmt = stmt.where(slot_status == status.value)
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor)
+        stmt = stmt.where(or_(TimeSlot.start_time > at, and_(TimeSlot.start_time == at, TimeSlot.id > last_id)))
+    rows = session.execute(stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(limit + 1)).all()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1][0].start_time, page[-1][0].id) if len(rows) > limit else None
+    return SlotPage(items=[_slot_read(slot, claim, st, viewer_id) for slot, claim, st in page], next_cursor=next_cursor)
+
+
+def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
+    """One slot with its status for the caller."""
+    stmt, _, _ = _slot_query(viewer_id, utc_now())
+    row = session.execute(stmt.where(TimeSlot.id == slot_id)).first()
+    if row is None:
+        raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
+    return _slot_read(*row, viewer_id)
+
+
+def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
+    """Delete a slot and its dead hold history; 409 while it is held or booked."""
+    now = utc_now()
+    try:
+        with write_transaction(session):
+            if session.get(TimeSlot, slot_id) is None:
+                raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
+            if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
+                raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.")
+            session.execute(Hold.__table__.delete().where(Hold.slot_id == slot_id, ~live_claim(now)))
+            session.execute(TimeSlot.__table__.delete().where(TimeSlot.id == slot_id))
+    except IntegrityError as exc:
+        # A claim arrived between the check and the delete; the foreign key refused the delete.
+        raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.") from exc

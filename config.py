@@ -1,0 +1,42 @@
+"""Settings, read once from the environment (pydantic-settings)."""
+
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MEMORY_URL = "sqlite:///:memory:"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; all optional, documented in the README."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    database_url: str = MEMORY_URL
+    hold_ttl_seconds: int = Field(300, ge=1, le=86_400)
+    hold_max_extensions: int = Field(1, ge=0, le=100)
+    admin_token: str | None = Field(None, min_length=16)
+    seed_demo_data: bool = True
+    # How long a SQLite writer waits for another process's write lock before giving up.
+    sqlite_busy_timeout_seconds: float = Field(30.0, gt=0)
+    # PostgreSQL connection pool, per worker process.
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout_seconds: float = Field(30.0, gt=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment once."""
+    return Settings()
+
+
+def app_settings(request: Request) -> Settings:
+    """The settings the running app was built with (tests build apps with their own)."""
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]

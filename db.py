@@ -1,0 +1,166 @@
+"""Engine per backend, the session dependency, the write-transaction helper, schema and demo seed."""
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
+
+from clock import utc_now
+from config import Settings
+from models import Base, Room, TimeSlot, User
+
+# Execution option read by the SQLite "begin" hook: writers take the write lock up front.
+_BEGIN_MODE = "sqlite_begin_mode"
+
+DEMO_USERS = (("Alice Demo", "alice", "alice@example.com"), ("Bob Demo", "bob", "bob@example.com"))
+DEMO_ROOMS = (("Pharaoh's Tomb", 6), ("Haunted Library", 4), ("Space Station", 8))
+DEMO_DAYS = 3
+DEMO_HOURS = range(10, 22)  # one-hour slots from 10:00 to 22:00 UTC
+
+
+def _is_memory_sqlite(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+def normalise_url(url: str) -> str:
+    """Pick the project's driver for the plain URL forms users paste."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Database:
+    """One engine for the process, plus what keeps an in-memory SQLite database alive."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._anchor: sqlite3.Connection | None = None
+        url = normalise_url(settings.database_url)
+        if _is_memory_sqlite(url):
+            self.engine = self._memory_sqlite_engine(settings)
+        elif make_url(url).get_backend_name() == "sqlite":
+            self.engine = create_engine(
+                url, connect_args={"timeout": settings.sqlite_busy_timeout_seconds, "check_same_thread": False}
+            )
+            _install_sqlite_hooks(self.engine, wal=True)
+        else:
+            self.engine = create_engine(
+                url,
+                pool_size=settings.db_pool_size,
+                max_overflow=settings.db_max_overflow,
+                pool_timeout=settings.db_pool_timeout_seconds,
+                pool_pre_ping=True,
+            )
+        self.backend = self.engine.dialect.name
+
+    def _memory_sqlite_engine(self, settings: Settings) -> Engine:
+        # One named shared-cache database per Database object. Every request takes the single
+        # pooled connection in turn (pool_size=1), so transactions never interleave on one
+        # connection (what breaks the StaticPool recipe) and SQLite's one-writer rule is kept
+        # by the pool's queue instead of lock errors. The anchor connection keeps the database
+        # alive even if the pool ever replaces its connection.
+        name = f"file:booking-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        self._anchor = sqlite3.connect(name, uri=True, check_same_thread=False)
+        engine = create_engine(
+            f"sqlite:///{name}&uri=true",
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=settings.sqlite_busy_timeout_seconds,
+            connect_args={"check_same_thread": False},
+        )
+        _install_sqlite_hooks(engine, wal=False)
+        return engine
+
+    def dispose(self) -> None:
+        """Close every connection (and so free an in-memory database)."""
+        self.engine.dispose()
+        if self._anchor is not None:
+            self._anchor.close()
+            self._anchor = None
+
+
+def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # BEGIN IMMEDIATE for writers: a deferred transaction that later upgrades to a writer
+        # fails at once with "database is locked" when another process wrote meanwhile.
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """Request-scoped session on the app's engine."""
+    with Session(request.app.state.db.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@contextmanager
+def write_transaction(session: Session) -> Iterator[Session]:
+    """Run the block as one write transaction (begun as a writer on SQLite); commit or roll back."""
+    if session.in_transaction():
+        session.commit()  # end the read transaction an earlier lookup (e.g. auth) opened
+    session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table and index that does not exist yet."""
+    Base.metadata.create_all(engine)
+
+
+def seed_demo_data(session: Session, now: datetime | None = None) -> list[User]:
+    """Create demo users, rooms and upcoming one-hour slots once; return the demo users."""
+    now = now or utc_now()
+    handles = [handle for _, handle, _ in DEMO_USERS]
+    try:
+        with write_transaction(session):
+            if session.scalar(select(User.id).where(User.handle == handles[0])) is None:
+                session.add_all(User(name=name, handle=handle, email=email) for name, handle, email in DEMO_USERS)
+                for room_name, capacity in DEMO_ROOMS:
+                    room = Room(name=room_name, capacity=capacity)
+                    session.add(room)
+                    session.flush()
+                    session.add_all(_demo_slots(room.id, now))
+    except IntegrityError:
+        pass  # another worker seeded the same database at the same moment
+    return list(session.scalars(select(User).where(User.handle.in_(handles)).order_by(User.handle)))
+
+
+def _demo_slots(room_id: uuid.UUID, now: datetime) -> list[TimeSlot]:
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    slots = []
+    for day in range(DEMO_DAYS + 1):
+        for hour in DEMO_HOURS:
+            start = midnight + timedelta(days=day, hours=hour)
+            if start > now:
+                slots.append(TimeSlot(room_id=room_id, start_time=start, end_time=start + timedelta(hours=1)))
+    return slots

@@ -1,0 +1,166 @@
+"""Domain errors that carry an HTTP status and a stable code, and the one problem+json renderer."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas import Problem
+
+PROBLEM_JSON = "application/problem+json"
+CONFIRM_GONE_DETAIL = "Hold not found or expired."
+
+
+class DomainError(Exception):
+    """A failure the API reports to its caller; subclasses fix status and title."""
+
+    status: int = 400
+    title: str = "Bad request"
+
+    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+class InvalidInput(DomainError):
+    """The request is well-formed but breaks a rule (422)."""
+
+    status = 422
+    title = "Unprocessable content"
+
+
+class Unauthenticated(DomainError):
+    """No valid bearer token (401)."""
+
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, code: str, detail: str, **extra: Any):
+        super().__init__(code, detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class Forbidden(DomainError):
+    """Authenticated, but not allowed to do this (403)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class NotHoldOwner(Forbidden):
+    """The hold belongs to another user (403)."""
+
+    def __init__(self) -> None:
+        super().__init__("NOT_HOLD_OWNER", "This hold belongs to another user.")
+
+
+class NotFound(DomainError):
+    """The named resource does not exist (404)."""
+
+    status = 404
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    """The request clashes with the current state (409)."""
+
+    status = 409
+    title = "Conflict"
+
+
+class SlotUnavailable(Conflict):
+    """The slot already has a live claim (409)."""
+
+
+class HoldGone(DomainError):
+    """The hold has expired, or was released or cancelled (410)."""
+
+    status = 410
+    title = "Gone"
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (the database) does not answer (503)."""
+
+    status = 503
+    title = "Service unavailable"
+
+
+def problem_response(
+    status: int, title: str, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """Render one RFC 9457 problem document."""
+    body = {
+        "type": f"urn:booking:problem:{code.lower().replace('_', '-')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(exc.status, exc.title, exc.code, exc.detail, exc.headers, **exc.extra)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    malformed = any(err["type"] == "json_invalid" for err in errors)
+    return problem_response(
+        422,
+        "Unprocessable content",
+        "MALFORMED_JSON" if malformed else "VALIDATION_ERROR",
+        "The request body is not valid JSON." if malformed else "The request does not match the schema.",
+        errors=errors,
+    )
+
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHENTICATED", 403: "FORBIDDEN"}
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+    return problem_response(exc.status_code, str(exc.detail), code, str(exc.detail), exc.headers)
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    # Still a 500, but in the same shape as every other error, so clients parse one format.
+    return problem_response(500, "Internal server error", "INTERNAL_ERROR", "An unexpected error occurred.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error the app can raise as application/problem+json."""
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def problem_schema(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries so /docs shows each error a route can return."""
+    descriptions = {
+        401: "Missing or invalid bearer token",
+        403: "Not allowed (not the owner, not admin, or user_id mismatch)",
+        404: "Not found",
+        409: "Conflicts with the current state",
+        410: "Hold expired, released or cancelled",
+        422: "Invalid input",
+        503: "Database unavailable",
+    }
+    return {
+        status: {"model": Problem, "description": descriptions.get(status, "Error"), "content": {PROBLEM_JSON: {}}}
+        for status in statuses
+    }

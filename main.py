@@ -1,0 +1,60 @@
+"""Builds the app: settings, database lifespan, routers, error handlers. `uvicorn main:app` serves it."""
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
+
+from auth import issue_token
+from config import Settings, get_settings
+from db import Database, create_schema, seed_demo_data
+from errors import install_error_handlers
+from routers import health, holds, rooms, slots, users
+
+
+def _start(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    db = Database(settings)
+    app.state.db = db
+    create_schema(db.engine)
+    lines = [f"booking: database {db.backend}; admin token: {app.state.admin_token}"]
+    if settings.seed_demo_data:
+        with Session(db.engine, expire_on_commit=False) as session:
+            for user in seed_demo_data(session):
+                lines.append(f"booking: demo user {user.handle} ({user.id}) token: {issue_token(session, user.id)}")
+    print("\n".join(lines), flush=True)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the database (schema, demo data) on start-up; close its connections on shutdown."""
+    # Database work is synchronous (sync SQLAlchemy, run in the thread pool by FastAPI), so
+    # start-up runs it in a thread too rather than blocking the event loop.
+    await run_in_threadpool(_start, app)
+    try:
+        yield
+    finally:
+        app.state.db.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build an app for these settings (tests pass their own; `app` below reads the environment)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Hold-and-confirm booking API",
+        version="1.0.0",
+        summary="Hold a time slot, then confirm or release it; never two live claims on one slot.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.admin_token = settings.admin_token or secrets.token_urlsafe(24)
+    install_error_handlers(app)
+    for module in (users, rooms, slots, holds, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

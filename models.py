@@ -1,0 +1,143 @@
+"""Typed ORM tables: users, their API tokens, rooms, time slots and holds."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    TypeDecorator,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from clock import utc_now
+from schemas import HoldStatus
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Rows in these states take part in the one-live-claim-per-slot unique index.
+ACTIVE_STATUSES = (HoldStatus.HOLD.value, HoldStatus.CONFIRMED.value)
+ACTIVE_PREDICATE = "status IN ('HOLD', 'CONFIRMED')"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, one canonical stored form.
+
+    SQLite has no timestamp type and compares text, so every value (rows and bound
+    parameters alike) is written as naive UTC in SQLAlchemy's fixed
+    `YYYY-MM-DD HH:MM:SS.ffffff` format; PostgreSQL gets `timestamptz`. Naive values
+    are refused rather than guessed at, so the server's local zone never leaks in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    created_date: Mapped[datetime] = mapped_column(default=utc_now)
+    last_updated_date: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(200))
+    # Stored lowercase (the schema normalises it), so a plain unique index is case-insensitive.
+    handle: Mapped[str] = mapped_column(String(32), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+
+
+class ApiToken(Base):
+    """A bearer token, kept only as its SHA-256 so a database leak does not leak tokens."""
+
+    __tablename__ = "api_tokens"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class Room(Base):
+    __tablename__ = "rooms"
+    __table_args__: Any = (
+        CheckConstraint("capacity >= 1", name="capacity_positive"),
+        Index("uq_rooms_name_lower", func.lower(text("name")), unique=True),
+    )
+
+    name: Mapped[str] = mapped_column(String(200))
+    capacity: Mapped[int]
+
+
+class TimeSlot(Base):
+    __tablename__ = "time_slots"
+    __table_args__: Any = (
+        CheckConstraint("start_time < end_time", name="starts_before_end"),
+        Index("ix_time_slots_room_id_start_time", "room_id", "start_time"),
+        Index("ix_time_slots_start_time", "start_time"),
+    )
+
+    room_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("rooms.id"))
+    start_time: Mapped[datetime]
+    end_time: Mapped[datetime]
+
+
+class Hold(Base):
+    """A claim on a slot. The row of a confirmed hold *is* the booking.
+
+    `status` is what was last written; a HOLD whose `expires_at` has passed is judged
+    expired at query time (lazy expiry) and is only rewritten as EXPIRED when a new
+    claim on its slot needs the unique index slot.
+    """
+
+    __tablename__ = "holds"
+    __table_args__: Any = (
+        CheckConstraint("status IN ('HOLD', 'CONFIRMED', 'RELEASED', 'CANCELLED', 'EXPIRED')", name="status_known"),
+        CheckConstraint("extension_count >= 0", name="extension_count_non_negative"),
+        # The database itself refuses a second active claim on a slot, whoever writes it.
+        Index(
+            "uq_holds_active_slot",
+            "slot_id",
+            unique=True,
+            sqlite_where=text(ACTIVE_PREDICATE),
+            postgresql_where=text(ACTIVE_PREDICATE),
+        ),
+        Index("ix_holds_slot_id", "slot_id"),
+        Index("ix_holds_user_id_created_date", "user_id", "created_date"),
+    )
+
+    slot_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("time_slots.id"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime]
+    extension_count: Mapped[int] = mapped_column(default=0)
+    confirmed_at: Mapped[datetime | None]

@@ -1,0 +1,169 @@
+"""Pydantic request and response models, and the status vocabularies they share with the tables."""
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+HANDLE_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
+
+
+class HoldStatus(StrEnum):
+    """A hold's state as reported: HOLD with a past `expires_at` reads EXPIRED."""
+
+    HOLD = "HOLD"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+class SlotStatus(StrEnum):
+    """A slot's state as seen by the caller."""
+
+    AVAILABLE = "AVAILABLE"
+    BOOKED = "BOOKED"
+    HELD_BY_ME = "HELD_BY_ME"
+    HELD_BY_OTHER = "HELD_BY_OTHER"
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A datetime that must carry an offset (naive → 422); normalised to UTC."""
+
+
+def _normalise_handle(value: str) -> str:
+    handle = value.lower()
+    if not HANDLE_PATTERN.fullmatch(handle):
+        raise ValueError("handle must be 1-32 letters, digits or underscores")
+    return handle
+
+
+class InputModel(BaseModel):
+    """Request bodies: unknown fields are refused, so a typo is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ReadModel(BaseModel):
+    """Response bodies, built from ORM rows."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document; extra members (e.g. `held_until`) may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code")
+
+
+class UserCreate(InputModel):
+    name: str = Field(min_length=1, max_length=200)
+    handle: Annotated[str, AfterValidator(_normalise_handle)] = Field(
+        description="1-32 letters, digits or underscores; stored lowercase, unique case-insensitively"
+    )
+    email: EmailStr | None = None
+
+
+class UserRead(ReadModel):
+    id: uuid.UUID
+    name: str
+    handle: str
+    email: str | None
+    created_date: datetime
+    last_updated_date: datetime
+
+
+class UserWithToken(UserRead):
+    token: str = Field(description="Bearer token; shown only in this response")
+
+
+class TokenRead(BaseModel):
+    user_id: uuid.UUID
+    token: str = Field(description="Bearer token; shown only in this response")
+
+
+class RoomCreate(InputModel):
+    name: str = Field(min_length=1, max_length=200)
+    capacity: int = Field(ge=1, le=100_000)
+
+
+class RoomRead(ReadModel):
+    id: uuid.UUID
+    name: str
+    capacity: int
+    created_date: datetime
+    last_updated_date: datetime
+
+
+class SlotCreate(InputModel):
+    start_time: UtcDatetime
+    end_time: UtcDatetime
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> "SlotCreate":
+        if self.start_time >= self.end_time:
+            raise ValueError("start_time must be before end_time")
+        return self
+
+
+class SlotRead(BaseModel):
+    id: uuid.UUID
+    room_id: uuid.UUID
+    start_time: datetime
+    end_time: datetime
+    status: SlotStatus
+    hold_id: uuid.UUID | None = Field(None, description="The caller's own hold or booking on this slot")
+    expires_at: datetime | None = Field(None, description="When the caller's own hold ends")
+    created_date: datetime
+    last_updated_date: datetime
+
+
+class SlotPage(BaseModel):
+    items: list[SlotRead]
+    next_cursor: str | None
+
+
+class HoldCreate(InputModel):
+    slot_id: uuid.UUID
+    user_id: uuid.UUID | None = Field(None, description="Optional; must be the token's user")
+
+
+class HoldAction(InputModel):
+    user_id: uuid.UUID | None = Field(None, description="Optional; must be the token's user")
+
+
+class HoldRead(BaseModel):
+    hold_id: uuid.UUID
+    slot_id: uuid.UUID
+    user_id: uuid.UUID
+    status: HoldStatus
+    expires_at: datetime
+    confirmed_at: datetime | None
+    extensions_used: int
+    extensions_left: int
+    created_date: datetime
+    last_updated_date: datetime
+
+
+class HoldPage(BaseModel):
+    items: list[HoldRead]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    details: dict[str, Any] = Field(default_factory=dict)

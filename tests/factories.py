@@ -1,0 +1,82 @@
+"""Typed factory helpers for the API tests: users, rooms, slots, holds."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fastapi.testclient import TestClient
+
+from config import Settings
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TTL = 300
+
+
+@dataclass(frozen=True)
+class ApiUser:
+    id: str
+    handle: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def isolated_settings(**overrides: object) -> Settings:
+    """Settings for an isolated in-memory app: fixed admin token, no demo data."""
+    values: dict[str, object] = {
+        "database_url": "sqlite:///:memory:",
+        "admin_token": ADMIN_TOKEN,
+        "seed_demo_data": False,
+        "hold_ttl_seconds": TTL,
+        "hold_max_extensions": 1,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def make_user(client: TestClient, handle: str | None = None) -> ApiUser:
+    handle = handle or f"u_{uuid.uuid4().hex[:12]}"
+    response = client.post("/users", json={"name": handle.title(), "handle": handle})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return ApiUser(id=body["id"], handle=body["handle"], token=body["token"])
+
+
+def make_room(client: TestClient, name: str | None = None, capacity: int = 4) -> str:
+    response = client.post(
+        "/rooms", json={"name": name or f"Room {uuid.uuid4().hex[:8]}", "capacity": capacity}, headers=ADMIN
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def make_slot(
+    client: TestClient, room_id: str | None = None, *, start: datetime | None = None, hours: float = 1
+) -> str:
+    """A slot in `room_id` (a new room by default), starting a day from now unless told."""
+    room_id = room_id or make_room(client)
+    start = start or datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    body = {"start_time": start.isoformat(), "end_time": (start + timedelta(hours=hours)).isoformat()}
+    response = client.post(f"/rooms/{room_id}/slots", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def make_hold(client: TestClient, user: ApiUser, slot_id: str) -> dict:
+    response = client.post("/holds", json={"slot_id": slot_id}, headers=user.auth)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    """The response is an application/problem+json error with this status and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    assert body["code"] == code, body
+    assert {"type", "title", "detail"} <= body.keys()
+    return body
