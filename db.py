@@ -115,7 +115,8 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed as soon as the route returns, so the connection is back in the pool before the response is sent.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @contextmanager
@@ -126,10 +127,10 @@ def write_transaction(session: Session) -> Iterator[Session]:
     session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
         yield session
+        session.commit()
     except BaseException:
         session.rollback()
         raise
-    session.commit()
 
 
 def create_schema(engine: Engine) -> None:

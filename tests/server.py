@@ -1,0 +1,81 @@
+"""A real uvicorn server in a separate process, for concurrency and stress tests."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx2 as httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30) -> Iterator[str]:
+    """Start `uvicorn main:app` with these settings; yield its base URL; stop it afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--no-access-log", "--log-level", "warning"]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become healthy in time")
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def seed_over_http(
+    base_url: str, admin_token: str, *, users: int, slots: int, start: datetime | None = None
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Create users (returned as auth headers) and one-hour slots in a new room, over the API."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    start = start or datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        headers = []
+        for _ in range(users):
+            response = client.post("/users", json={"name": "Racer", "handle": f"r_{uuid.uuid4().hex[:16]}"})
+            response.raise_for_status()
+            headers.append({"Authorization": f"Bearer {response.json()['token']}"})
+        room = client.post("/rooms", json={"name": f"Race {uuid.uuid4().hex}", "capacity": 1}, headers=admin)
+        room.raise_for_status()
+        slot_ids = []
+        for i in range(slots):
+            begin = start + timedelta(hours=i)
+            body = {"start_time": begin.isoformat(), "end_time": (begin + timedelta(hours=1)).isoformat()}
+            response = client.post(f"/rooms/{room.json()['id']}/slots", json=body, headers=admin)
+            response.raise_for_status()
+            slot_ids.append(response.json()["id"])
+    return headers, slot_ids

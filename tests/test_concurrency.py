@@ -1,0 +1,137 @@
+"""Real concurrency: a server in its own process, dozens of client threads racing over HTTP."""
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx2 as httpx
+import pytest
+
+from tests.factories import ADMIN_TOKEN
+from tests.server import running_server, seed_over_http
+
+pytestmark = pytest.mark.slow
+
+RACERS = 24
+SLOTS = 20
+SERVER_ENV = {"ADMIN_TOKEN": ADMIN_TOKEN, "SEED_DEMO_DATA": "false", "DATABASE_URL": "sqlite:///:memory:"}
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with running_server(SERVER_ENV) as url:
+        yield url
+
+
+class Racers:
+    """A pool of threads, each with its own HTTP connection, released together by a barrier."""
+
+    def __init__(self, base_url: str, count: int) -> None:
+        self.count = count
+        self.pool = ThreadPoolExecutor(max_workers=count)
+        self.local = threading.local()
+        self.base_url = base_url
+
+    def client(self) -> httpx.Client:
+        if not hasattr(self.local, "client"):
+            self.local.client = httpx.Client(base_url=self.base_url, timeout=30)
+        return self.local.client
+
+    def race(self, calls: list[Callable[[httpx.Client], httpx.Response]]) -> list[httpx.Response]:
+        """Run every call at once, one per thread; return the responses in call order."""
+        barrier = threading.Barrier(len(calls))
+
+        def run(call: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
+            client = self.client()
+            barrier.wait()
+            return call(client)
+
+        return list(self.pool.map(run, calls))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+@pytest.fixture
+def racers(base_url: str) -> Iterator[Racers]:
+    pool = Racers(base_url, RACERS)
+    yield pool
+    pool.close()
+
+
+def test_racing_holds_on_each_slot_grant_exactly_one(base_url: str, racers: Racers) -> None:
+    users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=RACERS, slots=SLOTS)
+    winners: dict[str, str] = {}
+    for slot in slots:
+        responses = racers.race(
+            [lambda c, h=h: c.post("/holds", json={"slot_id": slot}, headers=h) for h in users]  # type: ignore[misc]
+        )
+        codes = Counter(r.status_code for r in responses)
+        assert codes == {201: 1, 409: RACERS - 1}, (slot, codes)
+        assert all(r.json()["code"] == "SLOT_UNAVAILABLE" for r in responses if r.status_code == 409)
+        winners[slot] = next(r.json()["hold_id"] for r in responses if r.status_code == 201)
+    with httpx.Client(base_url=base_url) as client:
+        for slot, hold_id in winners.items():
+            assert client.get(f"/slots/{slot}").json()["status"] == "HELD_BY_OTHER"
+
+
+def test_confirm_racing_release_on_one_hold_has_one_winner(base_url: str, racers: Racers) -> None:
+    users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=1, slots=SLOTS)
+    owner = users[0]
+    outcomes = Counter()
+    with httpx.Client(base_url=base_url) as client:
+        for slot in slots:
+            hold = client.post("/holds", json={"slot_id": slot}, headers=owner).json()["hold_id"]
+            # Several confirms and releases of the same hold, all at once.
+            calls = [
+                lambda c, action=action: c.post(f"/holds/{hold}/{action}", headers=owner)  # type: ignore[misc]
+                for action in ("confirm", "release") * (RACERS // 2)
+            ]
+            responses = racers.race(calls)
+            assert all(r.status_code < 500 for r in responses)
+            final = client.get(f"/holds/{hold}", headers=owner).json()["status"]
+            confirms = [r.status_code for r in responses[0::2]]
+            releases = [r.status_code for r in responses[1::2]]
+            if final == "CONFIRMED":
+                assert set(confirms) == {200} and set(releases) <= {409}, (confirms, releases)
+            else:
+                assert final == "RELEASED"
+                assert set(releases) == {200} and set(confirms) <= {410}, (confirms, releases)
+            outcomes[final] += 1
+    assert sum(outcomes.values()) == SLOTS
+
+
+def test_in_memory_database_survives_sustained_mixed_load(base_url: str) -> None:
+    clients, seconds = 32, 4.0
+    users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=clients, slots=10)
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def work(index: int) -> None:
+        seen: Counter[int] = Counter()
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            i = 0
+            while time.monotonic() < deadline and i < 2000:
+                slot, headers = slots[(index + i) % len(slots)], users[index]
+                response = client.post("/holds", json={"slot_id": slot}, headers=headers)
+                seen[response.status_code] += 1
+                if response.status_code == 201:
+                    hold = response.json()["hold_id"]
+                    seen[client.post(f"/holds/{hold}/release", headers=headers).status_code] += 1
+                seen[client.get("/slots", params={"limit": 20}, headers=headers).status_code] += 1
+                i += 1
+        with lock:
+            statuses.update(seen)
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(work, range(clients)))
+    assert sum(statuses.values()) >= clients * 5, statuses
+    assert set(statuses) <= {200, 201, 409}, statuses
+    with httpx.Client(base_url=base_url) as client:
+        assert client.get("/health").status_code == 200
+        listing = client.get("/slots", params={"limit": 500})
+        assert listing.status_code == 200
+        assert {item["id"] for item in listing.json()["items"]} >= set(slots)
