@@ -63,18 +63,17 @@ def racers(base_url: str) -> Iterator[Racers]:
 
 def test_racing_holds_on_each_slot_grant_exactly_one(base_url: str, racers: Racers) -> None:
     users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=RACERS, slots=SLOTS)
-    winners: dict[str, str] = {}
     for slot in slots:
         responses = racers.race(
-            [lambda c, h=h: c.post("/holds", json={"slot_id": slot}, headers=h) for h in users]  # type: ignore[misc]
+            [lambda c, h=h, s=slot: c.post("/holds", json={"slot_id": s}, headers=h) for h in users]  # type: ignore[misc]
         )
         codes = Counter(r.status_code for r in responses)
         assert codes == {201: 1, 409: RACERS - 1}, (slot, codes)
         assert all(r.json()["code"] == "SLOT_UNAVAILABLE" for r in responses if r.status_code == 409)
-        winners[slot] = next(r.json()["hold_id"] for r in responses if r.status_code == 201)
-    with httpx.Client(base_url=base_url) as client:
-        for slot, hold_id in winners.items():
-            assert client.get(f"/slots/{slot}").json()["status"] == "HELD_BY_OTHER"
+        winner = next(i for i, r in enumerate(responses) if r.status_code == 201)
+        with httpx.Client(base_url=base_url) as client:
+            seen = client.get(f"/slots/{slot}", headers=users[winner]).json()
+        assert seen["status"] == "HELD_BY_ME" and seen["hold_id"] == responses[winner].json()["hold_id"]
 
 
 def test_confirm_racing_release_on_one_hold_has_one_winner(base_url: str, racers: Racers) -> None:
@@ -86,7 +85,7 @@ def test_confirm_racing_release_on_one_hold_has_one_winner(base_url: str, racers
             hold = client.post("/holds", json={"slot_id": slot}, headers=owner).json()["hold_id"]
             # Several confirms and releases of the same hold, all at once.
             calls = [
-                lambda c, action=action: c.post(f"/holds/{hold}/{action}", headers=owner)  # type: ignore[misc]
+                lambda c, a=action, h=hold: c.post(f"/holds/{h}/{a}", headers=owner)  # type: ignore[misc]
                 for action in ("confirm", "release") * (RACERS // 2)
             ]
             responses = racers.race(calls)
