@@ -11,10 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config import Settings
 from db import SessionDep, write_transaction
 from errors import Conflict, Forbidden, NotFound, Unauthenticated
-from models import ApiToken, User
+from models import ApiToken, ServiceSecret, User
 from schemas import UserCreate
+
+ADMIN_SECRET = "admin_token"
 
 _bearer = HTTPBearer(auto_error=False, description="A user token, or the admin token for admin routes")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -50,6 +53,24 @@ def create_user(session: Session, data: UserCreate) -> tuple[User, str]:
     except IntegrityError as exc:
         raise Conflict("HANDLE_TAKEN", "This handle is already taken.") from exc
     return user, token
+
+
+def resolve_admin_token(session: Session, settings: Settings, *, shared: bool) -> str:
+    """ADMIN_TOKEN if set; else one generated token, kept in a shared database for every worker."""
+    if settings.admin_token:
+        return settings.admin_token
+    generated = secrets.token_urlsafe(24)
+    if not shared:
+        return generated
+    try:
+        with write_transaction(session):
+            if session.scalar(select(ServiceSecret.id).where(ServiceSecret.name == ADMIN_SECRET)) is None:
+                session.add(ServiceSecret(name=ADMIN_SECRET, value=generated))
+    except IntegrityError:
+        pass  # another worker stored its token first; use that one
+    token = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == ADMIN_SECRET))
+    assert token is not None
+    return token
 
 
 def _user_for_token(session: Session, token: str) -> User | None:

@@ -102,8 +102,8 @@ def _insert_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, no
         "created_date",
         "last_updated_date",
     ]
-    inserted = session.execute(insert(Hold).from_select(columns, values)).rowcount
-    return session.get(Hold, hold_id) if inserted == 1 else None
+    # RETURNING, not rowcount: psycopg 3.3 resets rowcount when SQLAlchemy closes the cursor.
+    return session.scalar(insert(Hold).from_select(columns, values).returning(Hold))
 
 
 def _update_holds(session: Session, *conditions: ColumnElement[bool], now: datetime, **values: Any) -> list[Hold]:

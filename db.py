@@ -5,8 +5,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
+from alembic import command
+from alembic.config import Config
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
@@ -20,6 +23,9 @@ from models import Base, Room, TimeSlot, User
 
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
 _BEGIN_MODE = "sqlite_begin_mode"
+ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
+# Any fixed number: PostgreSQL advisory-lock key that serialises migrations across workers.
+_MIGRATION_LOCK_KEY = 7_240_001
 
 DEMO_USERS = (("Alice Demo", "alice", "alice@example.com"), ("Bob Demo", "bob", "bob@example.com"))
 DEMO_ROOMS = (("Pharaoh's Tomb", 6), ("Haunted Library", 4), ("Space Station", 8))
@@ -60,8 +66,10 @@ class Database:
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
                 pool_pre_ping=True,
+                connect_args={"application_name": "booking-api"},
             )
         self.backend = self.engine.dialect.name
+        self.in_memory = self._anchor is not None
 
     def _memory_sqlite_engine(self, settings: Settings) -> Engine:
         # One named shared-cache database per Database object. Every request takes the single
@@ -81,6 +89,22 @@ class Database:
         )
         _install_sqlite_hooks(engine, wal=False)
         return engine
+
+    def pool_state(self) -> dict[str, Any]:
+        """What /health reports about this process's connection pool."""
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool):
+            return {"pool": type(pool).__name__}
+        return {
+            "pool": {
+                "size": pool.size(),
+                "checked_out": pool.checkedout(),
+                "idle": pool.checkedin(),
+                "overflow": max(pool.overflow(), 0),
+                "max_overflow": pool._max_overflow,
+                "timeout_seconds": pool.timeout(),
+            }
+        }
 
     def dispose(self) -> None:
         """Close every connection (and so free an in-memory database)."""
@@ -134,8 +158,22 @@ def write_transaction(session: Session) -> Iterator[Session]:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every table and index that does not exist yet."""
+    """Create every table and index that does not exist yet (in-memory databases, benchmarks)."""
     Base.metadata.create_all(engine)
+
+
+def prepare_schema(db: Database) -> None:
+    """Bring the schema to the current version: Alembic for real databases, create_all in memory."""
+    if db.in_memory:
+        create_schema(db.engine)
+        return
+    # One transaction holding the database's own lock, so workers starting together migrate once.
+    with db.engine.connect().execution_options(**{_BEGIN_MODE: "IMMEDIATE"}) as conn, conn.begin():
+        if db.backend == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+        config = Config(str(ALEMBIC_INI))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
 
 
 def seed_demo_data(session: Session, now: datetime | None = None) -> list[User]:

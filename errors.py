@@ -6,6 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import Problem
@@ -136,6 +138,42 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, str(exc.detail), code, str(exc.detail), exc.headers)
 
 
+# SQLSTATEs PostgreSQL uses for "this transaction lost a race; run it again".
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
+async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+    # Domain code already turns the expected races into domain errors; this is the backstop
+    # that keeps any other lost race or overload a 409/503 rather than a 500.
+    if isinstance(exc, PoolTimeout):
+        return problem_response(
+            503,
+            "Service unavailable",
+            "DATABASE_BUSY",
+            "No database connection was free in time; retry shortly.",
+            {"Retry-After": "1"},
+        )
+    assert isinstance(exc, DBAPIError)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(exc, IntegrityError):
+        return problem_response(409, "Conflict", "CONSTRAINT_VIOLATION", "The change conflicts with stored data.")
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return problem_response(
+            409,
+            "Conflict",
+            "TRANSACTION_CONFLICT",
+            "A concurrent change won; retry the request.",
+            {"Retry-After": "0"},
+        )
+    if "database is locked" in str(exc.orig):
+        return problem_response(
+            503, "Service unavailable", "DATABASE_BUSY", "The database is busy; retry shortly.", {"Retry-After": "1"}
+        )
+    if exc.connection_invalidated or sqlstate is None or sqlstate.startswith("08"):
+        return problem_response(503, "Service unavailable", "DATABASE_UNAVAILABLE", "The database does not answer.")
+    return await _unexpected_error(_, exc)
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     # Still a 500, but in the same shape as every other error, so clients parse one format.
     return problem_response(500, "Internal server error", "INTERNAL_ERROR", "An unexpected error occurred.")
@@ -146,6 +184,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
 

@@ -1,6 +1,5 @@
 """Builds the app: settings, database lifespan, routers, error handlers. `uvicorn main:app` serves it."""
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -8,9 +7,9 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from auth import issue_token
+from auth import issue_token, resolve_admin_token
 from config import Settings, get_settings
-from db import Database, create_schema, seed_demo_data
+from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from routers import health, holds, rooms, slots, users
 
@@ -19,10 +18,11 @@ def _start(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     db = Database(settings)
     app.state.db = db
-    create_schema(db.engine)
-    lines = [f"booking: database {db.backend}; admin token: {app.state.admin_token}"]
-    if settings.seed_demo_data:
-        with Session(db.engine, expire_on_commit=False) as session:
+    prepare_schema(db)
+    with Session(db.engine, expire_on_commit=False) as session:
+        app.state.admin_token = resolve_admin_token(session, settings, shared=not db.in_memory)
+        lines = [f"booking: database {db.backend}; admin token: {app.state.admin_token}"]
+        if settings.seed_demo_data:
             for user in seed_demo_data(session):
                 lines.append(f"booking: demo user {user.handle} ({user.id}) token: {issue_token(session, user.id)}")
     print("\n".join(lines), flush=True)
@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.admin_token = settings.admin_token or secrets.token_urlsafe(24)
     install_error_handlers(app)
     for module in (users, rooms, slots, holds, health):
         app.include_router(module.router)

@@ -141,3 +141,12 @@ class Hold(Base):
     expires_at: Mapped[datetime]
     extension_count: Mapped[int] = mapped_column(default=0)
     confirmed_at: Mapped[datetime | None]
+
+
+class ServiceSecret(Base):
+    """A secret every worker and host must share, e.g. the admin token generated when none is set."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    value: Mapped[str] = mapped_column(String(200))

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
 
+from config import Settings
+from main import create_app
 from tests.factories import ADMIN, TTL, assert_problem, make_hold, make_slot, make_user
 
 UNKNOWN = str(uuid.uuid4())
@@ -275,13 +277,8 @@ def test_extend_another_users_or_unknown_hold_is_refused(client: TestClient) -> 
     assert client.get(f"/holds/{hold}", headers=alice.auth).json()["extensions_used"] == 0
 
 
-def test_extend_limit_follows_setting(client: TestClient) -> None:
-    from fastapi.testclient import TestClient as Client
-
-    from main import create_app
-    from tests.factories import isolated_settings
-
-    with Client(create_app(isolated_settings(hold_max_extensions=0))) as strict:
+def test_extend_limit_follows_setting(settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"hold_max_extensions": 0}))) as strict:
         alice = make_user(strict)
         hold = make_hold(strict, alice, make_slot(strict))["hold_id"]
         assert_problem(_post(strict, hold, "extend", alice), 409, "EXTENSION_LIMIT_REACHED")
