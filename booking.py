@@ -137,9 +137,8 @@ def _retire_expired_holds(session: Session, slot_id: uuid.UUID, now: datetime) -
 
 def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
-    now = utc_now()
     try:
-        with write_transaction(session):
+        with write_transaction(session) as now:
             _retire_expired_holds(session, slot_id, now)
             hold = _insert_hold(session, slot_id=slot_id, user_id=user_id, now=now, ttl=settings.hold_ttl_seconds)
             if hold is None:
@@ -147,7 +146,7 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     except IntegrityError:
         # A concurrent transaction won the unique index (PostgreSQL, READ COMMITTED), or the
         # slot was deleted under us: report the state as it is now.
-        _explain_refused_claim(session, slot_id, user_id, now)
+        _explain_refused_claim(session, slot_id, user_id, utc_now())
     return hold_read(hold, now, settings)
 
 
@@ -195,8 +194,7 @@ def _transition(
 
 def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Turn the caller's live hold into a booking; confirming a booking again returns it."""
-    now = utc_now()
-    with write_transaction(session):
+    with write_transaction(session) as now:
         hold = _transition(
             session,
             hold_id,
@@ -216,8 +214,7 @@ def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, se
 
 def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Give the caller's live hold back; releasing it again returns it."""
-    now = utc_now()
-    with write_transaction(session):
+    with write_transaction(session) as now:
         hold = _transition(session, hold_id, user_id, now, Hold.status == HOLD, Hold.expires_at > now, status=RELEASED)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
@@ -230,8 +227,7 @@ def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, se
 
 def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
-    now = utc_now()
-    with write_transaction(session):
+    with write_transaction(session) as now:
         hold = _transition(
             session,
             hold_id,
@@ -259,9 +255,8 @@ def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, set
 
 def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
-    now = utc_now()
-    slot_not_started = exists().where(TimeSlot.id == Hold.slot_id, TimeSlot.start_time > now)
-    with write_transaction(session):
+    with write_transaction(session) as now:
+        slot_not_started = exists().where(TimeSlot.id == Hold.slot_id, TimeSlot.start_time > now)
         hold = _transition(session, hold_id, user_id, now, Hold.status == CONFIRMED, slot_not_started, status=CANCELLED)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
@@ -374,9 +369,8 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
 
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
     """Delete a slot and its dead hold history; 409 while it is held or booked."""
-    now = utc_now()
     try:
-        with write_transaction(session):
+        with write_transaction(session) as now:
             if session.get(TimeSlot, slot_id) is None:
                 raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:

@@ -144,13 +144,18 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @contextmanager
-def write_transaction(session: Session) -> Iterator[Session]:
-    """Run the block as one write transaction (begun as a writer on SQLite); commit or roll back."""
+def write_transaction(session: Session) -> Iterator[datetime]:
+    """Run the block as one write transaction and yield the time its decisions are judged at.
+
+    The clock is read only once the transaction has begun (on SQLite, once this writer holds
+    the write lock), so a request that waited for the lock does not judge expiry with the
+    time it arrived, and writes commit in the order of their timestamps.
+    """
     if session.in_transaction():
         session.commit()  # end the read transaction an earlier lookup (e.g. auth) opened
     session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
-        yield session
+        yield utc_now()
         session.commit()
     except BaseException:
         session.rollback()

@@ -1,0 +1,186 @@
+"""Stress with real worker processes: `uvicorn --workers 4` on PostgreSQL and on a SQLite file.
+
+Many clients race for a few slots while a monitor polls the database for two live claims;
+afterwards the database is checked against everything the clients were told.
+"""
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx2 as httpx
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+
+from db import normalise_url
+from models import Hold
+from tests.factories import ADMIN_TOKEN
+from tests.invariant import hold_claims, overlapping_claims, slots_with_two_live_claims
+from tests.server import running_server, seed_over_http
+
+pytestmark = pytest.mark.slow
+
+WORKERS, CLIENTS, SLOTS, SECONDS, TTL = 4, 32, 12, 12.0, 2
+STRESS_DB = "booking_stress_test"
+
+
+@dataclass
+class StressServer:
+    base_url: str
+    engine: Engine
+    users: list[dict[str, str]]
+    slots: list[str]
+
+
+@pytest.fixture(scope="module", params=["sqlite-file", "postgresql"])
+def stress_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StressServer]:
+    if request.param == "sqlite-file":
+        url = f"sqlite:///{tmp_path_factory.mktemp('stress')}/stress.db"
+    else:
+        pg: Engine = request.getfixturevalue("postgres_engine")
+        with create_engine(pg.url.set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{STRESS_DB}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{STRESS_DB}"'))
+        url = pg.url.set(database=STRESS_DB).render_as_string(hide_password=False)
+    env = {"DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "SEED_DEMO_DATA": "false", "HOLD_TTL_SECONDS": str(TTL)}
+    with running_server(env, workers=WORKERS) as base_url:
+        users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=CLIENTS + 1, slots=SLOTS + 1)
+        engine = create_engine(normalise_url(url))
+        yield StressServer(base_url, engine, users, slots)
+        engine.dispose()
+
+
+@dataclass
+class Ledger:
+    """What the clients were told, to hold the database to it afterwards."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    acknowledged: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, action: str, response: httpx.Response, hold_id: str | None = None) -> None:
+        with self.lock:
+            self.statuses[response.status_code] += 1
+            if response.status_code in (200, 201):
+                self.acknowledged[action].add(hold_id or response.json()["hold_id"])
+
+
+def _client_loop(server: StressServer, index: int, deadline: float, ledger: Ledger) -> None:
+    rng, headers = random.Random(index), server.users[index]
+    hot_slots = server.slots[:SLOTS]
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for _ in range(5000):
+            if time.monotonic() > deadline:
+                return
+            response = client.post("/holds", json={"slot_id": rng.choice(hot_slots)}, headers=headers)
+            ledger.record("hold", response)
+            if response.status_code != 201:
+                continue
+            hold, roll = response.json()["hold_id"], rng.random()
+            if roll < 0.35:
+                confirmed = client.post(f"/holds/{hold}/confirm", headers=headers)
+                ledger.record("confirm", confirmed, hold)
+                if confirmed.status_code == 200 and rng.random() < 0.8:
+                    ledger.record("cancel", client.post(f"/holds/{hold}/cancel", headers=headers), hold)
+            elif roll < 0.7:
+                ledger.record("release", client.post(f"/holds/{hold}/release", headers=headers), hold)
+            elif roll < 0.8:
+                ledger.record("extend", client.post(f"/holds/{hold}/extend", headers=headers), hold)
+            # else: abandoned, left to expire lazily
+
+
+def test_four_workers_never_grant_two_live_claims(stress_server: StressServer) -> None:
+    ledger, violations, stop = Ledger(), [], threading.Event()
+
+    def monitor() -> None:
+        with stress_server.engine.connect() as conn:
+            while not stop.is_set():
+                found = slots_with_two_live_claims(conn, datetime.now(UTC))
+                conn.rollback()
+                violations.extend(found)
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=monitor)
+    watcher.start()
+    deadline = time.monotonic() + SECONDS
+    clients = [threading.Thread(target=_client_loop, args=(stress_server, i, deadline, ledger)) for i in range(CLIENTS)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=SECONDS + 60)
+    stop.set()
+    watcher.join()
+
+    print(f"stress statuses: {dict(ledger.statuses)}")
+    assert not [code for code in ledger.statuses if code >= 500], ledger.statuses
+    assert ledger.statuses[201] > SLOTS, "too little traffic to mean anything"
+    assert violations == []
+    with stress_server.engine.connect() as conn:
+        assert slots_with_two_live_claims(conn, datetime.now(UTC)) == []
+        assert overlapping_claims(hold_claims(conn), tolerance=timedelta(milliseconds=500)) == []
+        stored = {str(row.id): row.status for row in conn.execute(select(Hold.id, Hold.status))}
+    expected_states = {
+        "hold": {"HOLD", "CONFIRMED", "RELEASED", "CANCELLED", "EXPIRED"},
+        "confirm": {"CONFIRMED", "CANCELLED"},
+        "release": {"RELEASED"},
+        "cancel": {"CANCELLED"},
+        "extend": {"HOLD", "CONFIRMED", "RELEASED", "CANCELLED", "EXPIRED"},
+    }
+    for action, hold_ids in ledger.acknowledged.items():
+        for hold_id in hold_ids:
+            assert stored.get(hold_id) in expected_states[action], (action, hold_id, stored.get(hold_id))
+
+
+def test_fifty_concurrent_holds_on_a_slot_with_an_expired_hold_grant_exactly_one(stress_server: StressServer) -> None:
+    slot, first, racers = stress_server.slots[SLOTS], stress_server.users[CLIENTS], 50
+    with httpx.Client(base_url=stress_server.base_url) as client:
+        stale = client.post("/holds", json={"slot_id": slot}, headers=first)
+        assert stale.status_code == 201, stale.text
+    time.sleep(TTL + 0.2)  # the hold lapses; nothing cleans it up
+    barrier, results, lock = threading.Barrier(racers), Counter(), threading.Lock()
+
+    def race(index: int) -> None:
+        with httpx.Client(base_url=stress_server.base_url, timeout=30) as client:
+            barrier.wait()
+            headers = stress_server.users[index % CLIENTS]
+            code = client.post("/holds", json={"slot_id": slot}, headers=headers).status_code
+        with lock:
+            results[code] += 1
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {201: 1, 409: racers - 1}, results
+    with stress_server.engine.connect() as conn:
+        rows = conn.execute(select(Hold.id, Hold.status).where(Hold.slot_id == uuid.UUID(slot))).all()
+    assert sorted(row.status for row in rows) == ["EXPIRED", "HOLD"]
+    assert {str(row.id) for row in rows if row.status == "EXPIRED"} == {stale.json()["hold_id"]}
+
+
+def test_stopping_the_server_closes_its_postgres_connections(postgres_engine: Engine) -> None:
+    url = postgres_engine.url.render_as_string(hide_password=False)
+
+    def open_connections() -> int:
+        with postgres_engine.connect() as conn:
+            return conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'booking-api' AND datname = :db"),
+                {"db": postgres_engine.url.database},
+            )
+
+    env = {"DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "SEED_DEMO_DATA": "false"}
+    with running_server(env, workers=2) as base_url:
+        with httpx.Client(base_url=base_url) as client:
+            for _ in range(20):
+                assert client.get("/slots").status_code == 200
+        assert open_connections() > 0
+    deadline = time.monotonic() + 10
+    while open_connections() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_connections() == 0
