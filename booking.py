@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
+from pydantic_core import to_jsonable_python
 from sqlalchemy import ColumnElement, Uuid, and_, case, exists, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -164,7 +165,7 @@ def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.U
     mine = claim.user_id == user_id
     raise SlotUnavailable(
         "SLOT_UNAVAILABLE",
-        f"This slot is held {'by you' if mine else 'by another user'} until {claim.expires_at.isoformat()}.",
+        f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(claim.expires_at)}.",
         slot_status=SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER,
         held_until=claim.expires_at,
         hold_id=claim.id if mine else None,

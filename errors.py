@@ -3,9 +3,9 @@
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic_core import to_jsonable_python
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -105,7 +105,7 @@ def problem_response(
         "code": code,
         **extra,
     }
-    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return JSONResponse(to_jsonable_python(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
