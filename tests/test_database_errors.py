@@ -1,0 +1,53 @@
+"""Database failures the domain does not handle still become problem documents, never a 500."""
+
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from config import Settings
+from main import create_app
+from tests.factories import assert_problem
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+FAILURES = {
+    "deadlock": (OperationalError("UPDATE holds", {}, _PgError("40P01")), 409, "TRANSACTION_CONFLICT"),
+    "serialization": (OperationalError("UPDATE holds", {}, _PgError("40001")), 409, "TRANSACTION_CONFLICT"),
+    "constraint": (IntegrityError("INSERT", {}, _PgError("23505")), 409, "CONSTRAINT_VIOLATION"),
+    "sqlite-locked": (
+        OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked")),
+        503,
+        "DATABASE_BUSY",
+    ),
+    "pool-exhausted": (PoolTimeout("QueuePool limit reached"), 503, "DATABASE_BUSY"),
+    "connection-lost": (OperationalError("SELECT 1", {}, _PgError("08006")), 503, "DATABASE_UNAVAILABLE"),
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_database_failure_becomes_a_problem_not_a_500(settings: Settings, failure: str) -> None:
+    error, status, code = FAILURES[failure]
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise error
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert_problem(client.get("/boom"), status, code)
+
+
+def test_health_reports_backend_and_pool(client: TestClient, backend: str) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["database"] == ("sqlite" if backend == "sqlite" else "postgresql")
+    pool = body["details"]["pool"]
+    assert pool["size"] >= 1 and pool["checked_out"] >= 0 and pool["timeout_seconds"] > 0
