@@ -134,6 +134,9 @@ _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHENTICATE
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI raises a bare 400 only when it cannot decode a request body (e.g. not UTF-8).
+        return problem_response(422, "Unprocessable content", "MALFORMED_JSON", "The request body is not valid JSON.")
     code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
     return problem_response(exc.status_code, str(exc.detail), code, str(exc.detail), exc.headers)
 
@@ -179,8 +182,28 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(500, "Internal server error", "INTERNAL_ERROR", "An unexpected error occurred.")
 
 
+def _document_problems_as_problem_json(app: FastAPI) -> None:
+    # FastAPI files a response `model` under application/json; errors are sent as
+    # application/problem+json, so move each error schema to the media type actually sent.
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    for response in operation.get("responses", {}).values():
+                        content = response.get("content", {})
+                        if PROBLEM_JSON in content and "application/json" in content:
+                            content[PROBLEM_JSON] = content.pop("application/json")
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error the app can raise as application/problem+json."""
+    """Render every error the app can raise as application/problem+json, and document it so."""
+    _document_problems_as_problem_json(app)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

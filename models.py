@@ -13,7 +13,6 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
-    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -87,14 +86,17 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
+def _room_name_key(context: Any) -> str:
+    return context.get_current_parameters()["name"].casefold()
+
+
 class Room(Base):
     __tablename__ = "rooms"
-    __table_args__: Any = (
-        CheckConstraint("capacity >= 1", name="capacity_positive"),
-        Index("uq_rooms_name_lower", func.lower(text("name")), unique=True),
-    )
+    __table_args__: Any = (CheckConstraint("capacity >= 1", name="capacity_positive"),)
 
     name: Mapped[str] = mapped_column(String(200))
+    # Unicode case folding done here, not by the database: SQLite's lower() folds only ASCII.
+    name_key: Mapped[str] = mapped_column(String(200), unique=True, default=_room_name_key)
     capacity: Mapped[int]
 
 

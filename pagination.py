@@ -3,7 +3,7 @@
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from errors import InvalidInput
 
@@ -23,6 +23,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         parsed = datetime.fromisoformat(at)
         if parsed.tzinfo is None:
             raise ValueError("naive cursor")
-        return parsed, uuid.UUID(item_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        return parsed.astimezone(UTC), uuid.UUID(item_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidInput("INVALID_CURSOR", "The cursor is not one this API returned.") from exc

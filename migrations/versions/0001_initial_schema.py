@@ -24,15 +24,15 @@ def upgrade() -> None:
     op.create_table(
         "rooms",
         sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("name_key", sa.String(length=200), nullable=False),
         sa.Column("capacity", sa.Integer(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_date", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_updated_date", sa.DateTime(timezone=True), nullable=False),
         sa.CheckConstraint("capacity >= 1", name=op.f("ck_rooms_capacity_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rooms")),
+        sa.UniqueConstraint("name_key", name=op.f("uq_rooms_name_key")),
     )
-    # Autogenerate skips expression indexes: room names are unique case-insensitively.
-    op.create_index("uq_rooms_name_lower", "rooms", [sa.text("lower(name)")], unique=True)
     op.create_table(
         "service_secrets",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -143,6 +143,5 @@ def downgrade() -> None:
     op.drop_table("api_tokens")
     op.drop_table("users")
     op.drop_table("service_secrets")
-    op.drop_index("uq_rooms_name_lower", table_name="rooms")
     op.drop_table("rooms")
     # ### end Alembic commands ###
