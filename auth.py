@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from config import Settings
-from db import SessionDep, write_transaction
+from db import SessionDep, read_transaction, write_transaction
 from errors import Conflict, Forbidden, NotFound, Unauthenticated
 from models import ApiToken, ServiceSecret, User
 from schemas import UserCreate
@@ -82,7 +82,8 @@ def get_optional_user(session: SessionDep, credentials: BearerDep) -> User | Non
     """The token's user, None without a token; an invalid token is still a 401."""
     if credentials is None:
         return None
-    user = _user_for_token(session, credentials.credentials)
+    with read_transaction(session):
+        user = _user_for_token(session, credentials.credentials)
     if user is None:
         raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
     return user
@@ -101,7 +102,9 @@ def require_admin(request: Request, session: SessionDep, credentials: BearerDep)
         raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
     if secrets.compare_digest(credentials.credentials.encode(), request.app.state.admin_token.encode()):
         return
-    if _user_for_token(session, credentials.credentials) is not None:
+    with read_transaction(session):
+        user = _user_for_token(session, credentials.credentials)
+    if user is not None:
         raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
     raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
 

@@ -12,13 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from pydantic_core import to_jsonable_python
-from sqlalchemy import ColumnElement, Uuid, and_, case, exists, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, Uuid, and_, case, exists, insert, literal, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from clock import utc_now
 from config import Settings
-from db import write_transaction
+from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
 from models import ACTIVE_STATUSES, Hold, Room, TimeSlot, UTCDateTime
 from pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
@@ -31,16 +30,17 @@ RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED.value, HoldStatus.CANCELLED.v
 # --- what "live" means, in SQL and in Python --------------------------------------------------
 
 
-def live_claim(now: datetime, hold: Any = Hold) -> ColumnElement[bool]:
-    """A row that claims its slot at `now`: a booking, or a hold that has not expired.
+def _is_active(hold: Any = Hold) -> ColumnElement[bool]:
+    # The unique index's own predicate, as literal SQL: a planner may use a partial index only
+    # when the query's WHERE visibly implies the index's, and a bound `IN (?, ?)` does not
+    # (SQLite never, PostgreSQL not in a generic plan for a prepared statement). Without it,
+    # every live-claim check scans the slot's whole history of dead holds.
+    return hold.status.in_([literal_column(f"'{status}'") for status in ACTIVE_STATUSES])
 
-    The `IN` term repeats the unique index's predicate so SQLite and PostgreSQL can answer
-    from that small partial index instead of scanning the history of dead holds.
-    """
-    return and_(
-        hold.status.in_(ACTIVE_STATUSES),
-        or_(hold.status == CONFIRMED, hold.expires_at > now),
-    )
+
+def live_claim(now: datetime, hold: Any = Hold) -> ColumnElement[bool]:
+    """A row that claims its slot at `now`: a booking, or a hold that has not expired."""
+    return and_(_is_active(hold), or_(hold.status == CONFIRMED, hold.expires_at > now))
 
 
 def hold_status(hold: Hold, now: datetime) -> HoldStatus:
@@ -125,7 +125,7 @@ def _retire_expired_holds(session: Session, slot_id: uuid.UUID, now: datetime) -
     _update_holds(
         session,
         Hold.slot_id == slot_id,
-        Hold.status.in_(ACTIVE_STATUSES),
+        _is_active(),
         Hold.status == HOLD,
         Hold.expires_at <= now,
         now=now,
@@ -147,7 +147,8 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     except IntegrityError:
         # A concurrent transaction won the unique index (PostgreSQL, READ COMMITTED), or the
         # slot was deleted under us: report the state as it is now.
-        _explain_refused_claim(session, slot_id, user_id, utc_now())
+        with read_transaction(session) as now:
+            _explain_refused_claim(session, slot_id, user_id, now)
     return hold_read(hold, now, settings)
 
 
@@ -270,7 +271,8 @@ def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, 
 
 def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """One of the caller's holds, its status derived now."""
-    return hold_read(_owned_hold(session, hold_id, user_id), utc_now(), settings)
+    with read_transaction(session) as now:
+        return hold_read(_owned_hold(session, hold_id, user_id), now, settings)
 
 
 def list_holds(
@@ -283,14 +285,14 @@ def list_holds(
     settings: Settings,
 ) -> HoldPage:
     """The caller's holds and bookings, newest first, keyset-paginated."""
-    now = utc_now()
     stmt = select(Hold).where(Hold.user_id == user_id)
-    if status is not None:
-        stmt = stmt.where(_status_filter(status, now))
     if cursor is not None:
         at, last_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Hold.created_date < at, and_(Hold.created_date == at, Hold.id < last_id)))
-    rows = list(session.scalars(stmt.order_by(Hold.created_date.desc(), Hold.id.desc()).limit(limit + 1)))
+    with read_transaction(session) as now:
+        if status is not None:
+            stmt = stmt.where(_status_filter(status, now))
+        rows = list(session.scalars(stmt.order_by(Hold.created_date.desc(), Hold.id.desc()).limit(limit + 1)))
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].created_date, page[-1].id) if len(rows) > limit else None
     return HoldPage(items=[hold_read(h, now, settings) for h in page], next_cursor=next_cursor)
@@ -299,7 +301,8 @@ def list_holds(
 # --- slots as each caller sees them ----------------------------------------------------------------
 
 
-def _slot_query(viewer_id: uuid.UUID | None, now: datetime) -> tuple[Any, Any, ColumnElement[str]]:
+def _slot_query(viewer_id: uuid.UUID | None, now: datetime) -> tuple[Any, ColumnElement[str]]:
+    # Plain columns, not ORM entities: a listing is read-only and this is the hot read path.
     claim = aliased(Hold)
     whens: list[tuple[ColumnElement[bool], str]] = [
         (claim.id.is_(None), SlotStatus.AVAILABLE.value),
@@ -308,22 +311,34 @@ def _slot_query(viewer_id: uuid.UUID | None, now: datetime) -> tuple[Any, Any, C
     if viewer_id is not None:
         whens.append((claim.user_id == viewer_id, SlotStatus.HELD_BY_ME.value))
     status = case(*whens, else_=SlotStatus.HELD_BY_OTHER.value)
-    stmt = select(TimeSlot, claim, status).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
-    return stmt, claim, status
+    stmt = select(
+        TimeSlot.id,
+        TimeSlot.room_id,
+        TimeSlot.start_time,
+        TimeSlot.end_time,
+        TimeSlot.created_date,
+        TimeSlot.last_updated_date,
+        claim.id.label("claim_id"),
+        claim.user_id.label("claim_user_id"),
+        claim.status.label("claim_status"),
+        claim.expires_at.label("claim_expires_at"),
+        status.label("status"),
+    ).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
+    return stmt, status
 
 
-def _slot_read(slot: TimeSlot, claim: Hold | None, status: str, viewer_id: uuid.UUID | None) -> SlotRead:
-    mine = claim is not None and viewer_id is not None and claim.user_id == viewer_id
+def _slot_read(row: Any, viewer_id: uuid.UUID | None) -> SlotRead:
+    mine = viewer_id is not None and row.claim_user_id == viewer_id
     return SlotRead(
-        id=slot.id,
-        room_id=slot.room_id,
-        start_time=slot.start_time,
-        end_time=slot.end_time,
-        status=SlotStatus(status),
-        hold_id=claim.id if mine and claim else None,
-        expires_at=claim.expires_at if mine and claim and claim.status == HOLD else None,
-        created_date=slot.created_date,
-        last_updated_date=slot.last_updated_date,
+        id=row.id,
+        room_id=row.room_id,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        status=SlotStatus(row.status),
+        hold_id=row.claim_id if mine else None,
+        expires_at=row.claim_expires_at if mine and row.claim_status == HOLD else None,
+        created_date=row.created_date,
+        last_updated_date=row.last_updated_date,
     )
 
 
@@ -339,33 +354,34 @@ def list_slots(
     cursor: str | None = None,
 ) -> SlotPage:
     """Slots ordered by start time with each one's status for the caller, keyset-paginated."""
-    now = utc_now()
-    if room_id is not None and session.get(Room, room_id) is None:
-        raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
-    stmt, _, slot_status = _slot_query(viewer_id, now)
-    stmt = stmt.where(TimeSlot.start_time >= (start_from or now))
-    if room_id is not None:
-        stmt = stmt.where(TimeSlot.room_id == room_id)
-    if start_to is not None:
-        stmt = stmt.where(TimeSlot.start_time < start_to)
-    if status is not None:
-        stmt = stmt.where(slot_status == status.value)
-    if cursor is not None:
-        at, last_id = decode_cursor(cursor)
-        stmt = stmt.where(or_(TimeSlot.start_time > at, and_(TimeSlot.start_time == at, TimeSlot.id > last_id)))
-    rows = session.execute(stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(limit + 1)).all()
+    with read_transaction(session) as now:
+        if room_id is not None and session.get(Room, room_id) is None:
+            raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
+        stmt, slot_status = _slot_query(viewer_id, now)
+        stmt = stmt.where(TimeSlot.start_time >= (start_from or now))
+        if room_id is not None:
+            stmt = stmt.where(TimeSlot.room_id == room_id)
+        if start_to is not None:
+            stmt = stmt.where(TimeSlot.start_time < start_to)
+        if status is not None:
+            stmt = stmt.where(slot_status == status.value)
+        if cursor is not None:
+            at, last_id = decode_cursor(cursor)
+            stmt = stmt.where(or_(TimeSlot.start_time > at, and_(TimeSlot.start_time == at, TimeSlot.id > last_id)))
+        rows = session.execute(stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(limit + 1)).all()
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1][0].start_time, page[-1][0].id) if len(rows) > limit else None
-    return SlotPage(items=[_slot_read(slot, claim, st, viewer_id) for slot, claim, st in page], next_cursor=next_cursor)
+    next_cursor = encode_cursor(page[-1].start_time, page[-1].id) if len(rows) > limit else None
+    return SlotPage(items=[_slot_read(row, viewer_id) for row in page], next_cursor=next_cursor)
 
 
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
     """One slot with its status for the caller."""
-    stmt, _, _ = _slot_query(viewer_id, utc_now())
-    row = session.execute(stmt.where(TimeSlot.id == slot_id)).first()
+    with read_transaction(session) as now:
+        stmt, _ = _slot_query(viewer_id, now)
+        row = session.execute(stmt.where(TimeSlot.id == slot_id)).first()
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
-    return _slot_read(*row, viewer_id)
+    return _slot_read(row, viewer_id)
 
 
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:

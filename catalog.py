@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from clock import utc_now
-from db import write_transaction
+from db import read_transaction, write_transaction
 from errors import Conflict, InvalidInput, NotFound
 from models import Room, TimeSlot
 from schemas import RoomCreate, SlotCreate, SlotRead, SlotStatus
@@ -26,12 +26,14 @@ def create_room(session: Session, data: RoomCreate) -> Room:
 
 def list_rooms(session: Session) -> list[Room]:
     """Every room, by name."""
-    return list(session.scalars(select(Room).order_by(Room.name, Room.id)))
+    with read_transaction(session):
+        return list(session.scalars(select(Room).order_by(Room.name, Room.id)))
 
 
 def get_room(session: Session, room_id: uuid.UUID) -> Room:
     """One room; 404 when unknown."""
-    room = session.get(Room, room_id)
+    with read_transaction(session):
+        room = session.get(Room, room_id)
     if room is None:
         raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
     return room

@@ -90,6 +90,12 @@ class Database:
         _install_sqlite_hooks(engine, wal=False)
         return engine
 
+    @property
+    def max_connections(self) -> int:
+        """How many connections this process may hold at once."""
+        pool = self.engine.pool
+        return pool.size() + max(pool._max_overflow, 0) if isinstance(pool, QueuePool) else 1
+
     def pool_state(self) -> dict[str, Any]:
         """What /health reports about this process's connection pool."""
         pool = self.engine.pool
@@ -151,8 +157,6 @@ def write_transaction(session: Session) -> Iterator[datetime]:
     the write lock), so a request that waited for the lock does not judge expiry with the
     time it arrived, and writes commit in the order of their timestamps.
     """
-    if session.in_transaction():
-        session.commit()  # end the read transaction an earlier lookup (e.g. auth) opened
     session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
         yield utc_now()
@@ -160,6 +164,22 @@ def write_transaction(session: Session) -> Iterator[datetime]:
     except BaseException:
         session.rollback()
         raise
+
+
+@contextmanager
+def read_transaction(session: Session) -> Iterator[datetime]:
+    """Run reads in one transaction and yield the time they are judged at; end it on exit.
+
+    FastAPI runs every sync dependency and route in a separate thread-pool call. A connection
+    kept open from one call to the next waits for a free thread while the threads wait for a
+    free connection: under load the pools deadlock. So no transaction outlives its block.
+    """
+    try:
+        yield utc_now()
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()  # not rollback: rollback would expire the rows the block loaded
 
 
 def create_schema(engine: Engine) -> None:

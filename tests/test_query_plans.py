@@ -1,0 +1,52 @@
+"""Live-claim checks read the small partial index, never a slot's history of dead holds.
+
+Lazy expiry means the holds table only grows; these plans are what keeps holding and
+listing as fast with a year of history as on an empty database.
+"""
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, create_engine, event, select
+
+from booking import _slot_query, live_claim
+from db import create_schema
+from models import Hold, TimeSlot
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def sqlite_plans() -> Iterator[tuple[Engine, list[str]]]:
+    engine = create_engine("sqlite://")
+    create_schema(engine)
+    plans: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def explain(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
+        return "EXPLAIN QUERY PLAN " + statement, params
+
+    yield engine, plans
+    engine.dispose()
+
+
+def _plan(engine: Engine, stmt) -> str:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return "\n".join(row[-1] for row in conn.execute(stmt).cursor.fetchall())
+
+
+def test_live_claim_lookup_uses_the_partial_unique_index(sqlite_plans: tuple[Engine, list[str]]) -> None:
+    engine, _ = sqlite_plans
+    plan = _plan(engine, select(Hold.id).where(Hold.slot_id == uuid.uuid4(), live_claim(NOW)))
+    assert "USING INDEX uq_holds_active_slot" in plan, plan
+
+
+def test_slot_listing_joins_claims_through_the_partial_unique_index(sqlite_plans: tuple[Engine, list[str]]) -> None:
+    engine, _ = sqlite_plans
+    stmt, _ = _slot_query(uuid.uuid4(), NOW)
+    stmt = stmt.where(TimeSlot.room_id == uuid.uuid4(), TimeSlot.start_time >= NOW).order_by(TimeSlot.start_time)
+    plan = _plan(engine, stmt)
+    assert "holds_1 USING INDEX uq_holds_active_slot" in plan, plan
+    assert "SCAN" not in plan, plan
