@@ -68,7 +68,8 @@ def resolve_admin_token(session: Session, settings: Settings, *, shared: bool) -
                 session.add(ServiceSecret(name=ADMIN_SECRET, value=generated))
     except IntegrityError:
         pass  # another worker stored its token first; use that one
-    token = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == ADMIN_SECRET))
+    with read_transaction(session):
+        token = session.scalar(select(ServiceSecret.value).where(ServiceSecret.name == ADMIN_SECRET))
     assert token is not None
     return token
 

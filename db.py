@@ -129,7 +129,8 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         if wal:
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a booking acknowledged to a client survives a power cut, not just a crash.
+            cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -155,8 +156,13 @@ def write_transaction(session: Session) -> Iterator[datetime]:
 
     The clock is read only once the transaction has begun (on SQLite, once this writer holds
     the write lock), so a request that waited for the lock does not judge expiry with the
-    time it arrived, and writes commit in the order of their timestamps.
+    time it arrived; on SQLite, writes then commit in the order of their timestamps.
     """
+    if session.in_transaction():
+        # A read left open here would make SQLAlchemy ignore IMMEDIATE (the transaction has
+        # begun), and a deferred transaction that read first fails with "database is locked"
+        # when another process writes before it does. End it so this one begins as a writer.
+        session.commit()
     session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
         yield utc_now()
@@ -216,7 +222,8 @@ def seed_demo_data(session: Session, now: datetime | None = None) -> list[User]:
                     session.add_all(_demo_slots(room.id, now))
     except IntegrityError:
         pass  # another worker seeded the same database at the same moment
-    return list(session.scalars(select(User).where(User.handle.in_(handles)).order_by(User.handle)))
+    with read_transaction(session):
+        return list(session.scalars(select(User).where(User.handle.in_(handles)).order_by(User.handle)))
 
 
 def _demo_slots(room_id: uuid.UUID, now: datetime) -> list[TimeSlot]:

@@ -143,6 +143,8 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 # SQLSTATEs PostgreSQL uses for "this transaction lost a race; run it again".
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# lock_not_available, query_canceled (statement_timeout); 53xxx resources; 57P0x shutdown.
+_BUSY_SQLSTATES = {"55P03", "57014"}
 
 
 async def _database_error(_: Request, exc: Exception) -> JSONResponse:
@@ -167,6 +169,14 @@ async def _database_error(_: Request, exc: Exception) -> JSONResponse:
             "TRANSACTION_CONFLICT",
             "A concurrent change won; retry the request.",
             {"Retry-After": "0"},
+        )
+    if sqlstate is not None and (sqlstate in _BUSY_SQLSTATES or sqlstate.startswith(("53", "57P"))):
+        return problem_response(
+            503,
+            "Service unavailable",
+            "DATABASE_BUSY",
+            "The database is overloaded or restarting; retry shortly.",
+            {"Retry-After": "1"},
         )
     if "database is locked" in str(exc.orig):
         return problem_response(

@@ -51,10 +51,13 @@ def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            output, _ = process.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            output, _ = process.communicate()
+    # A worker that crashed (e.g. in start-up migrations) is restarted by uvicorn and would
+    # otherwise go unnoticed.
+    assert "Traceback" not in output, f"the server logged an error:\n{output}"
 
 
 def seed_over_http(

@@ -29,6 +29,10 @@ FAILURES = {
     ),
     "pool-exhausted": (PoolTimeout("QueuePool limit reached"), 503, "DATABASE_BUSY"),
     "connection-lost": (OperationalError("SELECT 1", {}, _PgError("08006")), 503, "DATABASE_UNAVAILABLE"),
+    "lock-timeout": (OperationalError("UPDATE holds", {}, _PgError("55P03")), 503, "DATABASE_BUSY"),
+    "statement-timeout": (OperationalError("SELECT", {}, _PgError("57014")), 503, "DATABASE_BUSY"),
+    "too-many-connections": (OperationalError("SELECT", {}, _PgError("53300")), 503, "DATABASE_BUSY"),
+    "admin-shutdown": (OperationalError("SELECT", {}, _PgError("57P01")), 503, "DATABASE_BUSY"),
 }
 
 

@@ -10,8 +10,12 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from tests.factories import TTL, assert_problem, make_hold, make_slot, make_user
+import catalog
+from errors import Conflict
+from schemas import SlotCreate
+from tests.factories import TTL, assert_problem, make_hold, make_room, make_slot, make_user
 from tests.invariant import Claim, claim_interval, overlapping_claims, slots_with_two_live_claims
 
 T0 = datetime(2030, 1, 1, 12, tzinfo=UTC)
@@ -152,3 +156,37 @@ def test_naive_insert_select_double_books_on_postgres_read_committed(postgres_en
     print(f"naive statement: {len(doubled)} of {slot_count} slots got more than one live hold")
     assert doubled, "the naive statement should have double-claimed at least one slot"
     assert len(overlapping_claims(claims, timedelta(seconds=1))) >= len(doubled)
+
+
+def _race_overlapping_slots(engine: Engine, room: uuid.UUID, racers: int) -> Counter[str]:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+    barrier, outcomes, lock = threading.Barrier(racers), Counter[str](), threading.Lock()
+
+    def add(index: int) -> None:
+        begin = start + timedelta(minutes=index)  # every pair of these overlaps
+        slot = SlotCreate(start_time=begin, end_time=begin + timedelta(hours=1))
+        with Session(engine) as session:
+            barrier.wait()
+            try:
+                catalog.create_slot(session, room, slot)
+                outcome = "created"
+            except Conflict as exc:
+                outcome = exc.code
+        with lock:
+            outcomes[outcome] += 1
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+def test_racing_overlapping_slot_creation_creates_exactly_one(client: TestClient) -> None:
+    """The room-row lock: concurrent transactions adding overlapping slots to one room; one wins."""
+    engine: Engine = client.app.state.db.engine  # type: ignore[attr-defined]
+    racers = 12
+    for _ in range(5):
+        outcomes = _race_overlapping_slots(engine, uuid.UUID(make_room(client)), racers)
+        assert outcomes == {"created": 1, "SLOT_OVERLAP": racers - 1}, outcomes

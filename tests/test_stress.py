@@ -4,6 +4,7 @@ Many clients race for a few slots while a monitor polls the database for two liv
 afterwards the database is checked against everything the clients were told.
 """
 
+import itertools
 import random
 import threading
 import time
@@ -25,12 +26,13 @@ from tests.server import running_server, seed_over_http
 
 pytestmark = pytest.mark.slow
 
-WORKERS, CLIENTS, SLOTS, SECONDS, TTL = 4, 32, 12, 12.0, 2
+WORKERS, CLIENTS, SLOTS, SECONDS, TTL = 4, 32, 12, 12.0, 3
 STRESS_DB = "booking_stress_test"
 
 
 @dataclass
 class StressServer:
+    backend: str
     base_url: str
     engine: Engine
     users: list[dict[str, str]]
@@ -51,7 +53,7 @@ def stress_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     with running_server(env, workers=WORKERS) as base_url:
         users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=CLIENTS + 1, slots=SLOTS + 1)
         engine = create_engine(normalise_url(url))
-        yield StressServer(base_url, engine, users, slots)
+        yield StressServer(request.param, base_url, engine, users, slots)
         engine.dispose()
 
 
@@ -122,18 +124,25 @@ def test_four_workers_never_grant_two_live_claims(stress_server: StressServer) -
     assert violations == []
     with stress_server.engine.connect() as conn:
         assert slots_with_two_live_claims(conn, datetime.now(UTC)) == []
-        assert overlapping_claims(hold_claims(conn), tolerance=timedelta(milliseconds=500)) == []
-        stored = {str(row.id): row.status for row in conn.execute(select(Hold.id, Hold.status))}
+        if stress_server.backend == "sqlite-file":
+            # Only SQLite stamps rows in commit order (the clock is read under its write lock).
+            # On PostgreSQL a thread can stall between reading the clock and its statement, so
+            # timestamps can disagree with commit order; there the monitor above is the check.
+            assert overlapping_claims(hold_claims(conn), tolerance=timedelta(milliseconds=500)) == []
+        rows = conn.execute(select(Hold.id, Hold.status, Hold.extension_count)).all()
+        stored = {str(row.id): row.status for row in rows}
+        extensions = {str(row.id): row.extension_count for row in rows}
     expected_states = {
         "hold": {"HOLD", "CONFIRMED", "RELEASED", "CANCELLED", "EXPIRED"},
         "confirm": {"CONFIRMED", "CANCELLED"},
         "release": {"RELEASED"},
         "cancel": {"CANCELLED"},
-        "extend": {"HOLD", "CONFIRMED", "RELEASED", "CANCELLED", "EXPIRED"},
+        "extend": {"HOLD", "EXPIRED"},
     }
     for action, hold_ids in ledger.acknowledged.items():
         for hold_id in hold_ids:
             assert stored.get(hold_id) in expected_states[action], (action, hold_id, stored.get(hold_id))
+    assert all(extensions[hold_id] == 1 for hold_id in ledger.acknowledged["extend"])
 
 
 def test_fifty_concurrent_holds_on_a_slot_with_an_expired_hold_grant_exactly_one(stress_server: StressServer) -> None:
@@ -157,11 +166,21 @@ def test_fifty_concurrent_holds_on_a_slot_with_an_expired_hold_grant_exactly_one
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert results == {201: 1, 409: racers - 1}, results
+    assert set(results) == {201, 409} and sum(results.values()) == racers, results
     with stress_server.engine.connect() as conn:
-        rows = conn.execute(select(Hold.id, Hold.status).where(Hold.slot_id == uuid.UUID(slot))).all()
-    assert sorted(row.status for row in rows) == ["EXPIRED", "HOLD"]
-    assert {str(row.id) for row in rows if row.status == "EXPIRED"} == {stale.json()["hold_id"]}
+        rows = conn.execute(
+            select(Hold.id, Hold.status, Hold.created_date, Hold.expires_at)
+            .where(Hold.slot_id == uuid.UUID(slot))
+            .order_by(Hold.created_date)
+        ).all()
+    assert str(rows[0].id) == stale.json()["hold_id"] and rows[0].status == "EXPIRED"
+    winners = rows[1:]
+    assert len(winners) == results[201]
+    # Exactly one winner while the race lasts; should it outlast the TTL on a loaded machine,
+    # a later winner may only have taken the slot after the previous winner's hold lapsed.
+    assert [w.status for w in winners] == ["EXPIRED"] * (len(winners) - 1) + ["HOLD"]
+    for previous, later in itertools.pairwise(winners):
+        assert later.created_date >= previous.expires_at, (previous, later)
 
 
 def test_stopping_the_server_closes_its_postgres_connections(postgres_engine: Engine) -> None:
