@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -74,9 +74,12 @@ def resolve_admin_token(session: Session, settings: Settings, *, shared: bool) -
     return token
 
 
+# Built once: every authenticated request runs it.
+_USER_FOR_TOKEN = select(User).join(ApiToken, ApiToken.user_id == User.id).where(ApiToken.token_hash == bindparam("h"))
+
+
 def _user_for_token(session: Session, token: str) -> User | None:
-    stmt = select(User).join(ApiToken, ApiToken.user_id == User.id).where(ApiToken.token_hash == hash_token(token))
-    return session.scalar(stmt)
+    return session.scalar(_USER_FOR_TOKEN, {"h": hash_token(token)})
 
 
 def get_optional_user(session: SessionDep, credentials: BearerDep) -> User | None:

@@ -1,6 +1,6 @@
 """The hold lifecycle: race-safe claims, conditional transitions judged at query time, user-aware slots.
 
-Every write to `holds` goes through `_insert_hold` or `_update_holds`. Each is one SQL
+Every write to `holds` goes through `_write_holds`, running one prebuilt statement. Each is one SQL
 statement whose WHERE clause carries the whole rule (ownership, state, expiry against the
 application clock), so the database decides atomically and no decision rests on a value read
 earlier. The partial unique index `uq_holds_active_slot` backs this up: whatever the isolation
@@ -9,10 +9,24 @@ level, the database refuses a second HOLD/CONFIRMED row for a slot.
 
 import uuid
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, NoReturn
 
 from pydantic_core import to_jsonable_python
-from sqlalchemy import ColumnElement, Uuid, and_, case, exists, insert, literal, literal_column, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    exists,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -74,63 +88,84 @@ def hold_read(hold: Hold, now: datetime, settings: Settings) -> HoldRead:
     )
 
 
-# --- the two statements that write holds -------------------------------------------------------
+# --- the statements that write holds, built once -------------------------------------------------
+# Each is built at import with named parameters: SQLAlchemy then reuses its compiled form and
+# memoised cache key instead of rebuilding the expression tree on every request.
 
+_holds = Hold.__table__
+_NOW = bindparam("p_now", type_=UTCDateTime)
+_HOLD_ID = bindparam("p_hold_id", type_=Uuid)
+_SLOT_ID = bindparam("p_slot_id", type_=Uuid)
+_USER_ID = bindparam("p_user_id", type_=Uuid)
 
-def _insert_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime, ttl: int) -> Hold | None:
-    """INSERT … SELECT … WHERE the slot is open and has no live claim; None when refused."""
-    hold_id = uuid.uuid4()
-    values = select(
-        literal(hold_id, Uuid),
-        literal(slot_id, Uuid),
-        literal(user_id, Uuid),
-        literal(HOLD),
-        literal(now + timedelta(seconds=ttl), UTCDateTime),
-        literal(0),
-        literal(now, UTCDateTime),
-        literal(now, UTCDateTime),
-    ).where(
-        exists().where(TimeSlot.id == slot_id, TimeSlot.start_time > now),
-        ~exists().where(Hold.slot_id == slot_id, live_claim(now)),
+# INSERT … SELECT … WHERE the slot is open and has no live claim; RETURNING is empty when refused
+# (RETURNING, not rowcount: psycopg 3.3 resets rowcount when SQLAlchemy closes the cursor).
+_INSERT_HOLD = (
+    insert(_holds)
+    .from_select(
+        ["id", "slot_id", "user_id", "status", "expires_at", "extension_count", "created_date", "last_updated_date"],
+        select(
+            _HOLD_ID,
+            _SLOT_ID,
+            _USER_ID,
+            literal(HOLD),
+            bindparam("p_expires_at", type_=UTCDateTime),
+            literal(0),
+            _NOW,
+            _NOW,
+        ).where(
+            exists().where(TimeSlot.id == _SLOT_ID, TimeSlot.start_time > _NOW),
+            ~exists().where(Hold.slot_id == _SLOT_ID, live_claim(_NOW)),
+        ),
     )
-    columns = [
-        "id",
-        "slot_id",
-        "user_id",
-        "status",
-        "expires_at",
-        "extension_count",
-        "created_date",
-        "last_updated_date",
-    ]
-    # RETURNING, not rowcount: psycopg 3.3 resets rowcount when SQLAlchemy closes the cursor.
-    return session.scalar(insert(Hold).from_select(columns, values).returning(Hold))
+    .returning(*_holds.c)
+)
+
+# The unique index predicate cannot mention the time, so a hold that lapsed still occupies the
+# slot's index entry until it is marked EXPIRED, in the same transaction as a new claim.
+_RETIRE_EXPIRED = (
+    update(_holds)
+    .where(_holds.c.slot_id == _SLOT_ID, _is_active(_holds.c), _holds.c.status == HOLD, _holds.c.expires_at <= _NOW)
+    .values(status=EXPIRED, last_updated_date=_NOW)
+)
 
 
-def _update_holds(session: Session, *conditions: ColumnElement[bool], now: datetime, **values: Any) -> list[Hold]:
-    """One conditional UPDATE of hold rows; returns the rows it changed (none when refused)."""
-    stmt = (
-        update(Hold)
-        .where(*conditions)
-        .values(**values, last_updated_date=now)
-        .returning(Hold)
-        .execution_options(synchronize_session=False, populate_existing=True)
+def _transition(*rule: ColumnElement[bool], **values: Any) -> Any:
+    """A conditional UPDATE of one hold, by its owner, under `rule`, judged at p_now."""
+    return (
+        update(_holds)
+        .where(_holds.c.id == _HOLD_ID, _holds.c.user_id == _USER_ID, *rule)
+        .values(**values, last_updated_date=_NOW)
+        .returning(*_holds.c)
     )
-    return list(session.scalars(stmt))
 
 
-def _retire_expired_holds(session: Session, slot_id: uuid.UUID, now: datetime) -> None:
-    # The unique index predicate cannot mention the time, so a hold that lapsed still occupies
-    # the slot's index entry until it is marked EXPIRED, in the same transaction as a new claim.
-    _update_holds(
-        session,
-        Hold.slot_id == slot_id,
-        _is_active(),
-        Hold.status == HOLD,
-        Hold.expires_at <= now,
-        now=now,
-        status=EXPIRED,
-    )
+_LIVE_HOLD = (_holds.c.status == HOLD, _holds.c.expires_at > _NOW)
+_CONFIRM = _transition(*_LIVE_HOLD, status=CONFIRMED, confirmed_at=_NOW)
+_RELEASE = _transition(*_LIVE_HOLD, status=RELEASED)
+_EXTEND = _transition(
+    *_LIVE_HOLD,
+    _holds.c.extension_count < bindparam("p_max_extensions"),
+    expires_at=bindparam("p_new_expires_at", type_=UTCDateTime),
+    extension_count=_holds.c.extension_count + 1,
+)
+_CANCEL = _transition(
+    _holds.c.status == CONFIRMED,
+    exists().where(TimeSlot.id == _holds.c.slot_id, TimeSlot.start_time > _NOW),
+    status=CANCELLED,
+)
+
+
+def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
+    """The one place a hold row is written: run one prebuilt statement, return the row it wrote."""
+    result = session.execute(statement, {f"p_{name}": value for name, value in params.items()})
+    return result.first() if result.returns_rows else None
+
+
+def _change_hold(
+    session: Session, statement: Any, hold_id: uuid.UUID, user_id: uuid.UUID, now: datetime, **params: Any
+) -> Any:
+    return _write_holds(session, statement, hold_id=hold_id, user_id=user_id, now=now, **params)
 
 
 # --- the lifecycle -------------------------------------------------------------------------------
@@ -140,8 +175,16 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
     try:
         with write_transaction(session) as now:
-            _retire_expired_holds(session, slot_id, now)
-            hold = _insert_hold(session, slot_id=slot_id, user_id=user_id, now=now, ttl=settings.hold_ttl_seconds)
+            _write_holds(session, _RETIRE_EXPIRED, slot_id=slot_id, now=now)
+            hold = _write_holds(
+                session,
+                _INSERT_HOLD,
+                hold_id=uuid.uuid4(),
+                slot_id=slot_id,
+                user_id=user_id,
+                now=now,
+                expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
+            )
             if hold is None:
                 _explain_refused_claim(session, slot_id, user_id, now)
     except IntegrityError:
@@ -187,26 +230,10 @@ def _gone(hold: Hold, now: datetime, detail: str) -> HoldGone:
     return HoldGone(f"HOLD_{status.value}", detail, hold_status=status)
 
 
-def _transition(
-    session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, now: datetime, *rule: ColumnElement[bool], **values: Any
-) -> Hold | None:
-    changed = _update_holds(session, Hold.id == hold_id, Hold.user_id == user_id, *rule, now=now, **values)
-    return changed[0] if changed else None
-
-
 def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Turn the caller's live hold into a booking; confirming a booking again returns it."""
     with write_transaction(session) as now:
-        hold = _transition(
-            session,
-            hold_id,
-            user_id,
-            now,
-            Hold.status == HOLD,
-            Hold.expires_at > now,
-            status=CONFIRMED,
-            confirmed_at=now,
-        )
+        hold = _change_hold(session, _CONFIRM, hold_id, user_id, now)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
             if hold.status != CONFIRMED:
@@ -217,7 +244,7 @@ def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, se
 def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Give the caller's live hold back; releasing it again returns it."""
     with write_transaction(session) as now:
-        hold = _transition(session, hold_id, user_id, now, Hold.status == HOLD, Hold.expires_at > now, status=RELEASED)
+        hold = _change_hold(session, _RELEASE, hold_id, user_id, now)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
             if hold.status in (CONFIRMED, CANCELLED):
@@ -230,16 +257,14 @@ def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, se
 def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
     with write_transaction(session) as now:
-        hold = _transition(
+        hold = _change_hold(
             session,
+            _EXTEND,
             hold_id,
             user_id,
             now,
-            Hold.status == HOLD,
-            Hold.expires_at > now,
-            Hold.extension_count < settings.hold_max_extensions,
-            expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
-            extension_count=Hold.extension_count + 1,
+            max_extensions=settings.hold_max_extensions,
+            new_expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
         )
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
@@ -258,8 +283,7 @@ def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, set
 def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
     with write_transaction(session) as now:
-        slot_not_started = exists().where(TimeSlot.id == Hold.slot_id, TimeSlot.start_time > now)
-        hold = _transition(session, hold_id, user_id, now, Hold.status == CONFIRMED, slot_not_started, status=CANCELLED)
+        hold = _change_hold(session, _CANCEL, hold_id, user_id, now)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
             if hold.status == CONFIRMED:
@@ -301,16 +325,22 @@ def list_holds(
 # --- slots as each caller sees them ----------------------------------------------------------------
 
 
-def _slot_query(viewer_id: uuid.UUID | None, now: datetime) -> tuple[Any, ColumnElement[str]]:
-    # Plain columns, not ORM entities: a listing is read-only and this is the hot read path.
+@lru_cache(maxsize=64)
+def _slot_query(
+    *, viewer: bool, room: bool = False, to: bool = False, status: bool = False, cursor: bool = False, one: bool = False
+) -> Any:
+    """The slot view for a caller, built once per combination of filters, with named parameters.
+
+    Plain columns, not ORM entities: a listing is read-only and this is the hot read path.
+    """
     claim = aliased(Hold)
     whens: list[tuple[ColumnElement[bool], str]] = [
         (claim.id.is_(None), SlotStatus.AVAILABLE.value),
         (claim.status == CONFIRMED, SlotStatus.BOOKED.value),
     ]
-    if viewer_id is not None:
-        whens.append((claim.user_id == viewer_id, SlotStatus.HELD_BY_ME.value))
-    status = case(*whens, else_=SlotStatus.HELD_BY_OTHER.value)
+    if viewer:
+        whens.append((claim.user_id == bindparam("p_viewer", type_=Uuid), SlotStatus.HELD_BY_ME.value))
+    slot_status = case(*whens, else_=SlotStatus.HELD_BY_OTHER.value)
     stmt = select(
         TimeSlot.id,
         TimeSlot.room_id,
@@ -322,9 +352,21 @@ def _slot_query(viewer_id: uuid.UUID | None, now: datetime) -> tuple[Any, Column
         claim.user_id.label("claim_user_id"),
         claim.status.label("claim_status"),
         claim.expires_at.label("claim_expires_at"),
-        status.label("status"),
-    ).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
-    return stmt, status
+        slot_status.label("status"),
+    ).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(_NOW, claim)))
+    if one:
+        return stmt.where(TimeSlot.id == _SLOT_ID)
+    stmt = stmt.where(TimeSlot.start_time >= bindparam("p_from", type_=UTCDateTime))
+    if room:
+        stmt = stmt.where(TimeSlot.room_id == bindparam("p_room", type_=Uuid))
+    if to:
+        stmt = stmt.where(TimeSlot.start_time < bindparam("p_to", type_=UTCDateTime))
+    if status:
+        stmt = stmt.where(slot_status == bindparam("p_status"))
+    if cursor:
+        at, last_id = bindparam("p_cursor_at", type_=UTCDateTime), bindparam("p_cursor_id", type_=Uuid)
+        stmt = stmt.where(or_(TimeSlot.start_time > at, and_(TimeSlot.start_time == at, TimeSlot.id > last_id)))
+    return stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(bindparam("p_limit"))
 
 
 def _slot_read(row: Any, viewer_id: uuid.UUID | None) -> SlotRead:
@@ -354,21 +396,29 @@ def list_slots(
     cursor: str | None = None,
 ) -> SlotPage:
     """Slots ordered by start time with each one's status for the caller, keyset-paginated."""
+    at, last_id = decode_cursor(cursor) if cursor is not None else (None, None)
+    stmt = _slot_query(
+        viewer=viewer_id is not None,
+        room=room_id is not None,
+        to=start_to is not None,
+        status=status is not None,
+        cursor=cursor is not None,
+    )
     with read_transaction(session) as now:
         if room_id is not None and session.get(Room, room_id) is None:
             raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
-        stmt, slot_status = _slot_query(viewer_id, now)
-        stmt = stmt.where(TimeSlot.start_time >= (start_from or now))
-        if room_id is not None:
-            stmt = stmt.where(TimeSlot.room_id == room_id)
-        if start_to is not None:
-            stmt = stmt.where(TimeSlot.start_time < start_to)
-        if status is not None:
-            stmt = stmt.where(slot_status == status.value)
-        if cursor is not None:
-            at, last_id = decode_cursor(cursor)
-            stmt = stmt.where(or_(TimeSlot.start_time > at, and_(TimeSlot.start_time == at, TimeSlot.id > last_id)))
-        rows = session.execute(stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(limit + 1)).all()
+        params = {
+            "p_now": now,
+            "p_viewer": viewer_id,
+            "p_from": start_from or now,
+            "p_room": room_id,
+            "p_to": start_to,
+            "p_status": status.value if status else None,
+            "p_cursor_at": at,
+            "p_cursor_id": last_id,
+            "p_limit": limit + 1,
+        }
+        rows = session.execute(stmt, params).all()
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].start_time, page[-1].id) if len(rows) > limit else None
     return SlotPage(items=[_slot_read(row, viewer_id) for row in page], next_cursor=next_cursor)
@@ -377,8 +427,8 @@ def list_slots(
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
     """One slot with its status for the caller."""
     with read_transaction(session) as now:
-        stmt, _ = _slot_query(viewer_id, now)
-        row = session.execute(stmt.where(TimeSlot.id == slot_id)).first()
+        params = {"p_now": now, "p_viewer": viewer_id, "p_slot_id": slot_id}
+        row = session.execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
     return _slot_read(row, viewer_id)

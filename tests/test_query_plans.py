@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event, select
 
 from booking import _slot_query, live_claim
 from db import create_schema
-from models import Hold, TimeSlot
+from models import Hold
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -32,9 +32,9 @@ def sqlite_plans() -> Iterator[tuple[Engine, list[str]]]:
     engine.dispose()
 
 
-def _plan(engine: Engine, stmt) -> str:  # type: ignore[no-untyped-def]
+def _plan(engine: Engine, stmt, params: dict | None = None) -> str:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
-        return "\n".join(row[-1] for row in conn.execute(stmt).cursor.fetchall())
+        return "\n".join(row[-1] for row in conn.execute(stmt, params or {}).cursor.fetchall())
 
 
 def test_live_claim_lookup_uses_the_partial_unique_index(sqlite_plans: tuple[Engine, list[str]]) -> None:
@@ -45,8 +45,8 @@ def test_live_claim_lookup_uses_the_partial_unique_index(sqlite_plans: tuple[Eng
 
 def test_slot_listing_joins_claims_through_the_partial_unique_index(sqlite_plans: tuple[Engine, list[str]]) -> None:
     engine, _ = sqlite_plans
-    stmt, _ = _slot_query(uuid.uuid4(), NOW)
-    stmt = stmt.where(TimeSlot.room_id == uuid.uuid4(), TimeSlot.start_time >= NOW).order_by(TimeSlot.start_time)
-    plan = _plan(engine, stmt)
+    stmt = _slot_query(viewer=True, room=True)
+    params = {"p_now": NOW, "p_viewer": uuid.uuid4(), "p_from": NOW, "p_room": uuid.uuid4(), "p_limit": 51}
+    plan = _plan(engine, stmt, params)
     assert "holds_1 USING INDEX uq_holds_active_slot" in plan, plan
     assert "SCAN" not in plan, plan
