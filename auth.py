@@ -93,8 +93,8 @@ def get_optional_user(session: SessionDep, credentials: BearerDep) -> User | Non
     return user
 
 
-def get_current_user(user: Annotated[User | None, Depends(get_optional_user)]) -> User:
-    """The token's user; 401 without one."""
+async def get_current_user(user: Annotated[User | None, Depends(get_optional_user)]) -> User:
+    """The token's user; 401 without one (async: no I/O, so no thread hand-off)."""
     if user is None:
         raise Unauthenticated("MISSING_TOKEN", "This endpoint needs an Authorization: Bearer <token> header.")
     return user

@@ -34,7 +34,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:  # async: no I/O, so no thread hand-off
     """The settings the running app was built with (tests build apps with their own)."""
     return request.app.state.settings
 
