@@ -1,0 +1,67 @@
+"""Per-operation cost of the domain layer, in-process on in-memory SQLite (no HTTP, no threads).
+
+    .venv/bin/python -m bench.inprocess
+
+Prints milliseconds per iteration of (token lookup + hold + release) and of a 48-slot
+user-aware listing: what the database layer costs before FastAPI and uvicorn add theirs.
+"""
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+import auth
+import booking
+import catalog
+from config import Settings
+from db import Database, prepare_schema, read_transaction
+from schemas import RoomCreate, SlotCreate, UserCreate
+
+
+def main() -> None:
+    settings = Settings(seed_demo_data=False, admin_token="x" * 20)
+    db = Database(settings)
+    prepare_schema(db)
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = auth.create_user(session, UserCreate(name="Bench", handle="bench"))
+        room = catalog.create_room(session, RoomCreate(name="Bench", capacity=2))
+        start = datetime.now(UTC) + timedelta(days=1)
+        slots = [
+            catalog.create_slot(
+                session,
+                room.id,
+                SlotCreate(start_time=start + timedelta(hours=i), end_time=start + timedelta(hours=i + 1)),
+            ).id
+            for i in range(48)
+        ]
+
+    def churn(i: int) -> None:
+        with Session(db.engine, expire_on_commit=False) as session:
+            with read_transaction(session):
+                me = auth._user_for_token(session, token)
+            assert me is not None
+            hold = booking.create_hold(session, slot_id=slots[i % len(slots)], user_id=me.id, settings=settings)
+            booking.release_hold(session, hold_id=hold.hold_id, user_id=me.id, settings=settings)
+
+    def listing(_: int) -> None:
+        with Session(db.engine, expire_on_commit=False) as session:
+            page = booking.list_slots(
+                session, viewer_id=user.id, room_id=room.id, start_from=None, start_to=None, status=None
+            )
+            assert len(page.items) == len(slots)
+
+    scenarios: dict[str, Callable[[int], None]] = {"token + hold + release": churn, "48-slot listing": listing}
+    for name, run in scenarios.items():
+        for i in range(50):  # warm-up: compile caches
+            run(i)
+        count, began = 1000, time.perf_counter()
+        for i in range(count):
+            run(i)
+        print(f"{name}: {(time.perf_counter() - began) / count * 1000:.2f} ms per iteration")
+    db.dispose()
+
+
+if __name__ == "__main__":
+    main()
