@@ -19,16 +19,16 @@ NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def sqlite_plans() -> Iterator[tuple[Engine, list[str]]]:
+def explaining_engine() -> Iterator[Engine]:
+    """An empty SQLite schema whose every statement is answered with its query plan."""
     engine = create_engine("sqlite://")
     create_schema(engine)
-    plans: list[str] = []
 
     @event.listens_for(engine, "before_cursor_execute", retval=True)
     def explain(conn, cursor, statement, params, context, executemany):  # type: ignore[no-untyped-def]
         return "EXPLAIN QUERY PLAN " + statement, params
 
-    yield engine, plans
+    yield engine
     engine.dispose()
 
 
@@ -37,14 +37,14 @@ def _plan(engine: Engine, stmt, params: dict | None = None) -> str:  # type: ign
         return "\n".join(row[-1] for row in conn.execute(stmt, params or {}).cursor.fetchall())
 
 
-def test_live_claim_lookup_uses_the_partial_unique_index(sqlite_plans: tuple[Engine, list[str]]) -> None:
-    engine, _ = sqlite_plans
+def test_live_claim_lookup_uses_the_partial_unique_index(explaining_engine: Engine) -> None:
+    engine = explaining_engine
     plan = _plan(engine, select(Hold.id).where(Hold.slot_id == uuid.uuid4(), live_claim(NOW)))
     assert "USING INDEX uq_holds_active_slot" in plan, plan
 
 
-def test_slot_listing_joins_claims_through_the_partial_unique_index(sqlite_plans: tuple[Engine, list[str]]) -> None:
-    engine, _ = sqlite_plans
+def test_slot_listing_joins_claims_through_the_partial_unique_index(explaining_engine: Engine) -> None:
+    engine = explaining_engine
     stmt = _slot_query(viewer=True, room=True)
     params = {"p_now": NOW, "p_viewer": uuid.uuid4(), "p_from": NOW, "p_room": uuid.uuid4(), "p_limit": 51}
     plan = _plan(engine, stmt, params)
