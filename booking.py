@@ -19,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    delete,
     exists,
     insert,
     literal,
@@ -154,6 +155,10 @@ _CANCEL = _transition(
     exists().where(TimeSlot.id == _holds.c.slot_id, TimeSlot.start_time > _NOW),
     status=CANCELLED,
 )
+
+
+# Deleting a slot takes its history of dead holds with it.
+_DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
 
 def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
@@ -442,7 +447,7 @@ def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
                 raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
                 raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.")
-            session.execute(Hold.__table__.delete().where(Hold.slot_id == slot_id, ~live_claim(now)))
+            _write_holds(session, _DELETE_DEAD_HOLDS, slot_id=slot_id, now=now)
             session.execute(TimeSlot.__table__.delete().where(TimeSlot.id == slot_id))
     except IntegrityError as exc:
         # A claim arrived between the check and the delete; the foreign key refused the delete.
