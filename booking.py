@@ -157,6 +157,9 @@ _CANCEL = _transition(
 )
 
 
+# Read on every refused claim (the contention path), to say who holds the slot and until when.
+_LIVE_CLAIM_ON_SLOT = select(Hold).where(Hold.slot_id == _SLOT_ID, live_claim(_NOW))
+
 # Deleting a slot takes its history of dead holds with it.
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
@@ -165,12 +168,6 @@ def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
     """The one place a hold row is written: run one prebuilt statement, return the row it wrote."""
     result = session.execute(statement, {f"p_{name}": value for name, value in params.items()})
     return result.first() if result.returns_rows else None
-
-
-def _change_hold(
-    session: Session, statement: Any, hold_id: uuid.UUID, user_id: uuid.UUID, now: datetime, **params: Any
-) -> Any:
-    return _write_holds(session, statement, hold_id=hold_id, user_id=user_id, now=now, **params)
 
 
 # --- the lifecycle -------------------------------------------------------------------------------
@@ -206,7 +203,7 @@ def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.U
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
     if slot.start_time <= now:
         raise Conflict("SLOT_STARTED", "This slot has already started and can no longer be held.")
-    claim = session.scalar(select(Hold).where(Hold.slot_id == slot_id, live_claim(now)))
+    claim = session.scalar(_LIVE_CLAIM_ON_SLOT, {"p_slot_id": slot_id, "p_now": now})
     if claim is None:  # the competing claim ended between our statements
         raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot was claimed concurrently; try again.")
     if claim.status == CONFIRMED:
@@ -238,7 +235,7 @@ def _gone(hold: Hold, now: datetime, detail: str) -> HoldGone:
 def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Turn the caller's live hold into a booking; confirming a booking again returns it."""
     with write_transaction(session) as now:
-        hold = _change_hold(session, _CONFIRM, hold_id, user_id, now)
+        hold = _write_holds(session, _CONFIRM, hold_id=hold_id, user_id=user_id, now=now)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
             if hold.status != CONFIRMED:
@@ -249,7 +246,7 @@ def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, se
 def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Give the caller's live hold back; releasing it again returns it."""
     with write_transaction(session) as now:
-        hold = _change_hold(session, _RELEASE, hold_id, user_id, now)
+        hold = _write_holds(session, _RELEASE, hold_id=hold_id, user_id=user_id, now=now)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
             if hold.status in (CONFIRMED, CANCELLED):
@@ -262,12 +259,12 @@ def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, se
 def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
     with write_transaction(session) as now:
-        hold = _change_hold(
+        hold = _write_holds(
             session,
             _EXTEND,
-            hold_id,
-            user_id,
-            now,
+            hold_id=hold_id,
+            user_id=user_id,
+            now=now,
             max_extensions=settings.hold_max_extensions,
             new_expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
         )
@@ -288,7 +285,7 @@ def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, set
 def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
     with write_transaction(session) as now:
-        hold = _change_hold(session, _CANCEL, hold_id, user_id, now)
+        hold = _write_holds(session, _CANCEL, hold_id=hold_id, user_id=user_id, now=now)
         if hold is None:
             hold = _owned_hold(session, hold_id, user_id)
             if hold.status == CONFIRMED:
