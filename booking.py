@@ -10,7 +10,7 @@ level, the database refuses a second HOLD/CONFIRMED row for a slot.
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
@@ -58,7 +58,7 @@ def live_claim(now: datetime, hold: Any = Hold) -> ColumnElement[bool]:
     return and_(_is_active(hold), or_(hold.status == CONFIRMED, hold.expires_at > now))
 
 
-def hold_status(hold: Hold, now: datetime) -> HoldStatus:
+def hold_status(hold: Any, now: datetime) -> HoldStatus:
     """The status a reader sees: an unexpired HOLD whose time is up reads EXPIRED."""
     if hold.status == HOLD and hold.expires_at <= now:
         return HoldStatus.EXPIRED
@@ -73,7 +73,7 @@ def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
     return Hold.status == status.value
 
 
-def hold_read(hold: Hold, now: datetime, settings: Settings) -> HoldRead:
+def hold_read(hold: Any, now: datetime, settings: Settings) -> HoldRead:
     """Render a hold row for the API, its status derived at `now`."""
     return HoldRead(
         hold_id=hold.id,
@@ -157,16 +157,13 @@ _CANCEL = _transition(
 )
 
 
-# Read on every refused claim (the contention path), to say who holds the slot and until when.
-_LIVE_CLAIM_ON_SLOT = select(Hold).where(Hold.slot_id == _SLOT_ID, live_claim(_NOW))
-
 # Deleting a slot takes its history of dead holds with it.
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
 
 def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
     """The one place a hold row is written: run one prebuilt statement, return the row it wrote."""
-    result = session.execute(statement, {f"p_{name}": value for name, value in params.items()})
+    result = session.connection().execute(statement, {f"p_{name}": value for name, value in params.items()})
     return result.first() if result.returns_rows else None
 
 
@@ -175,6 +172,11 @@ def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
 
 def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
+    # A slot that is plainly taken is refused from a read, so the contention path (a hundred
+    # clicks on one slot) never queues for the write lock. The read only refuses: it saw a
+    # live claim at `now`, so 409 is true. The write below still decides alone whether to claim.
+    with read_transaction(session) as now:
+        _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
     try:
         with write_transaction(session) as now:
             _write_holds(session, _RETIRE_EXPIRED, slot_id=slot_id, now=now)
@@ -197,29 +199,45 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     return hold_read(hold, now, settings)
 
 
-def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime) -> NoReturn:
-    slot = session.get(TimeSlot, slot_id)
+def _slot_and_claim(session: Session, slot_id: uuid.UUID, now: datetime) -> Any:
+    """The slot's row with its live claim at `now` (claim_* columns None when free); None if no slot."""
+    params = {"p_now": now, "p_slot_id": slot_id}
+    return session.connection().execute(_slot_query(viewer=False, one=True), params).first()
+
+
+def _refuse_if_claimed(slot: Any, user_id: uuid.UUID, now: datetime) -> None:
+    """404 for no slot, 409 when it has started or has a live claim (saying whose, and until when)."""
     if slot is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
     if slot.start_time <= now:
         raise Conflict("SLOT_STARTED", "This slot has already started and can no longer be held.")
-    claim = session.scalar(_LIVE_CLAIM_ON_SLOT, {"p_slot_id": slot_id, "p_now": now})
-    if claim is None:  # the competing claim ended between our statements
-        raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot was claimed concurrently; try again.")
-    if claim.status == CONFIRMED:
+    if slot.claim_id is None:
+        return
+    if slot.claim_status == CONFIRMED:
         raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot is already booked.", slot_status=SlotStatus.BOOKED)
-    mine = claim.user_id == user_id
+    mine = slot.claim_user_id == user_id
+    held_until = slot.claim_expires_at
     raise SlotUnavailable(
         "SLOT_UNAVAILABLE",
-        f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(claim.expires_at)}.",
+        f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(held_until)}.",
         slot_status=SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER,
-        held_until=claim.expires_at,
-        hold_id=claim.id if mine else None,
+        held_until=held_until,
+        hold_id=slot.claim_id if mine else None,
     )
 
 
-def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Hold:
-    hold = session.get(Hold, hold_id, populate_existing=True)
+def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime) -> NoReturn:
+    _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
+    # The competing claim ended between our statements.
+    raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot was claimed concurrently; try again.")
+
+
+# One hold by id, as plain columns (hold_read reads rows and ORM objects alike).
+_HOLD_BY_ID = select(_holds).where(_holds.c.id == _HOLD_ID)
+
+
+def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Any:
+    hold = session.connection().execute(_HOLD_BY_ID, {"p_hold_id": hold_id}).first()
     if hold is None:
         raise NotFound("HOLD_NOT_FOUND", "No hold has this id.")
     if hold.user_id != user_id:
@@ -227,9 +245,17 @@ def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Hol
     return hold
 
 
-def _gone(hold: Hold, now: datetime, detail: str) -> HoldGone:
+def _gone(hold: Any, now: datetime, detail: str) -> HoldGone:
     status = hold_status(hold, now)
     return HoldGone(f"HOLD_{status.value}", detail, hold_status=status)
+
+
+class HoldTransition(Protocol):
+    """confirm_hold, release_hold, extend_hold and cancel_booking: one owner's action on one hold."""
+
+    def __call__(self, session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+        """Apply the action; return the hold as it now is."""
+        ...
 
 
 def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
@@ -372,8 +398,10 @@ def _slot_query(
 
 
 def _slot_read(row: Any, viewer_id: uuid.UUID | None) -> SlotRead:
+    # model_construct: every value comes typed from the database (UUID, aware UTC datetime,
+    # a known status), so validating 50 rows again would only cost time.
     mine = viewer_id is not None and row.claim_user_id == viewer_id
-    return SlotRead(
+    return SlotRead.model_construct(
         id=row.id,
         room_id=row.room_id,
         start_time=row.start_time,
@@ -407,8 +435,6 @@ def list_slots(
         cursor=cursor is not None,
     )
     with read_transaction(session) as now:
-        if room_id is not None and session.get(Room, room_id) is None:
-            raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
         params = {
             "p_now": now,
             "p_viewer": viewer_id,
@@ -420,7 +446,11 @@ def list_slots(
             "p_cursor_id": last_id,
             "p_limit": limit + 1,
         }
-        rows = session.execute(stmt, params).all()
+        # Plain rows through the Core connection: no ORM result layer on the hot read path.
+        rows = session.connection().execute(stmt, params).all()
+        # The rows name the room, so it is looked up only when there are none (404 or empty page).
+        if not rows and room_id is not None and session.get(Room, room_id) is None:
+            raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].start_time, page[-1].id) if len(rows) > limit else None
     return SlotPage(items=[_slot_read(row, viewer_id) for row in page], next_cursor=next_cursor)
@@ -430,7 +460,7 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
     """One slot with its status for the caller."""
     with read_transaction(session) as now:
         params = {"p_now": now, "p_viewer": viewer_id, "p_slot_id": slot_id}
-        row = session.execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
+        row = session.connection().execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
     return _slot_read(row, viewer_id)

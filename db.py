@@ -2,14 +2,15 @@
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
+from anyio import to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
@@ -31,6 +32,8 @@ DEMO_USERS = (("Alice Demo", "alice", "alice@example.com"), ("Bob Demo", "bob", 
 DEMO_ROOMS = (("Pharaoh's Tomb", 6), ("Haunted Library", 4), ("Space Station", 8))
 DEMO_DAYS = 3
 DEMO_HOURS = range(10, 22)  # one-hour slots from 10:00 to 22:00 UTC
+
+T = TypeVar("T")
 
 
 def _is_memory_sqlite(url: str) -> bool:
@@ -70,6 +73,11 @@ class Database:
             )
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
+        # SQLite runs in this process and lets one writer in at a time: its statements take
+        # microseconds, so a request's database work runs on the event loop, one unit at a
+        # time. A worker thread per request would only add two hand-offs and GIL contention.
+        # PostgreSQL work waits on the network and runs transactions side by side: a thread.
+        self.on_event_loop = self.backend == "sqlite"
 
     def _memory_sqlite_engine(self, settings: Settings) -> Engine:
         # One named shared-cache database per Database object. Every request takes the single
@@ -119,6 +127,21 @@ class Database:
             self._anchor.close()
             self._anchor = None
 
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """Run one request's database work, `work(session)`, in a fresh session; return its result.
+
+        The one way routes reach the database: a single call per request (authentication
+        included), on the event loop for SQLite and in one worker-thread call for PostgreSQL.
+        `work` must end every transaction it opens (read_transaction / write_transaction).
+        """
+        if self.on_event_loop:
+            return self._run(work)
+        return await to_thread.run_sync(self._run, work)
+
+    def _run(self, work: Callable[[Session], T]) -> T:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return work(session)
+
 
 def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "connect")
@@ -140,20 +163,12 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    """Request-scoped session on the app's engine.
-
-    `async` on purpose, and still non-blocking: creating a Session opens no connection, and
-    every transaction has ended (read_transaction / write_transaction) before the route
-    returns, so closing it returns nothing to the pool. A sync dependency would cost two
-    thread-pool hand-offs per request for nothing.
-    """
-    with Session(request.app.state.db.engine, expire_on_commit=False) as session:
-        yield session
+async def get_database(request: Request) -> Database:  # async: no I/O, so no thread hand-off
+    """The running app's database."""
+    return request.app.state.db  # type: ignore[no-any-return]
 
 
-# Closed as soon as the route returns, before the response is sent.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
 @contextmanager
@@ -182,9 +197,8 @@ def write_transaction(session: Session) -> Iterator[datetime]:
 def read_transaction(session: Session) -> Iterator[datetime]:
     """Run reads in one transaction and yield the time they are judged at; end it on exit.
 
-    FastAPI runs every sync dependency and route in a separate thread-pool call. A connection
-    kept open from one call to the next waits for a free thread while the threads wait for a
-    free connection: under load the pools deadlock. So no transaction outlives its block.
+    A transaction left open would keep its connection (SQLite: its snapshot; PostgreSQL: a
+    pooled connection) past the end of the request's unit of work, so none outlives its block.
     """
     try:
         yield utc_now()

@@ -1,5 +1,6 @@
 """Builds the app: settings, database lifespan, routers, error handlers. `uvicorn main:app` serves it."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -8,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from auth import issue_token, resolve_admin_token
+from auth import TokenCache, issue_token, resolve_admin_token
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
@@ -19,6 +20,7 @@ def _start(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     db = Database(settings)
     app.state.db = db
+    app.state.tokens = TokenCache()
     prepare_schema(db)
     with Session(db.engine, expire_on_commit=False) as session:
         app.state.admin_token = resolve_admin_token(session, settings, shared=not db.in_memory)
@@ -35,10 +37,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Database work is synchronous (sync SQLAlchemy, run in the thread pool by FastAPI), so
     # start-up runs it in a thread too rather than blocking the event loop.
     await run_in_threadpool(_start, app)
-    # Sync routes run in AnyIO's thread pool (40 threads by default). More threads than
-    # database connections only adds threads that queue for a connection and fight over the
-    # GIL on every hand-over (with in-memory SQLite's single connection and 64 clients, 40
-    # threads served 2.5x fewer requests than one). One thread per connection keeps each useful.
+    if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
+        # SQLite work runs on the event loop; under uvloop that starved some connections for
+        # seconds at 32+ concurrent clients (p99 1.05 s vs 0.23 s on asyncio, bench notes).
+        print("booking: warning: running on uvloop; start uvicorn with --loop asyncio", flush=True)
+    # PostgreSQL work runs in AnyIO's thread pool (40 threads by default), one call per request.
+    # More threads than database connections only adds threads that queue for a connection and
+    # fight over the GIL on every hand-over, so one thread per connection keeps each useful.
     to_thread.current_default_thread_limiter().total_tokens = app.state.db.max_connections
     try:
         yield

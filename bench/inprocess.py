@@ -16,7 +16,7 @@ import auth
 import booking
 import catalog
 from config import Settings
-from db import Database, prepare_schema, read_transaction
+from db import Database, prepare_schema
 from schemas import RoomCreate, SlotCreate, UserCreate
 
 
@@ -39,11 +39,10 @@ def main() -> None:
 
     def churn(i: int) -> None:
         with Session(db.engine, expire_on_commit=False) as session:
-            with read_transaction(session):
-                me = auth._user_for_token(session, token)
+            me = auth.TokenCache().user_id(session, token)  # a fresh cache: the lookup runs every time
             assert me is not None
-            hold = booking.create_hold(session, slot_id=slots[i % len(slots)], user_id=me.id, settings=settings)
-            booking.release_hold(session, hold_id=hold.hold_id, user_id=me.id, settings=settings)
+            hold = booking.create_hold(session, slot_id=slots[i % len(slots)], user_id=me, settings=settings)
+            booking.release_hold(session, hold_id=hold.hold_id, user_id=me, settings=settings)
 
     def listing(_: int) -> None:
         with Session(db.engine, expire_on_commit=False) as session:

@@ -82,7 +82,7 @@ class Server:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd.append("--no-access-log")
+        cmd += ["--no-access-log", "--loop", "asyncio"]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         return cmd

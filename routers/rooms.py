@@ -5,41 +5,35 @@ import uuid
 from fastapi import APIRouter
 
 import catalog
-from auth import AdminDep
-from db import SessionDep
+from auth import CallerDep
+from db import DatabaseDep
 from errors import problem_schema
 from schemas import RoomCreate, RoomRead, SlotCreate, SlotRead
 
 router = APIRouter(prefix="/rooms", tags=["rooms"])
 
 
-@router.post(
-    "", status_code=201, response_model=RoomRead, dependencies=[AdminDep], responses=problem_schema(401, 403, 409, 422)
-)
-def create_room(data: RoomCreate, session: SessionDep) -> RoomRead:
+@router.post("", status_code=201, response_model=RoomRead, responses=problem_schema(401, 403, 409, 422))
+async def create_room(data: RoomCreate, caller: CallerDep) -> RoomRead:
     """Admin: add a room; names are unique case-insensitively."""
-    return RoomRead.model_validate(catalog.create_room(session, data))
+    return await caller.as_admin(lambda session: RoomRead.model_validate(catalog.create_room(session, data)))
 
 
 @router.get("", response_model=list[RoomRead])
-def list_rooms(session: SessionDep) -> list[RoomRead]:
+async def list_rooms(db: DatabaseDep) -> list[RoomRead]:
     """Every room, ordered by name."""
-    return [RoomRead.model_validate(room) for room in catalog.list_rooms(session)]
+    return await db.run(lambda session: [RoomRead.model_validate(room) for room in catalog.list_rooms(session)])
 
 
 @router.get("/{room_id}", response_model=RoomRead, responses=problem_schema(404, 422))
-def get_room(room_id: uuid.UUID, session: SessionDep) -> RoomRead:
+async def get_room(room_id: uuid.UUID, db: DatabaseDep) -> RoomRead:
     """One room."""
-    return RoomRead.model_validate(catalog.get_room(session, room_id))
+    return await db.run(lambda session: RoomRead.model_validate(catalog.get_room(session, room_id)))
 
 
 @router.post(
-    "/{room_id}/slots",
-    status_code=201,
-    response_model=SlotRead,
-    dependencies=[AdminDep],
-    responses=problem_schema(401, 403, 404, 409, 422),
+    "/{room_id}/slots", status_code=201, response_model=SlotRead, responses=problem_schema(401, 403, 404, 409, 422)
 )
-def create_slot(room_id: uuid.UUID, data: SlotCreate, session: SessionDep) -> SlotRead:
+async def create_slot(room_id: uuid.UUID, data: SlotCreate, caller: CallerDep) -> SlotRead:
     """Admin: add a future, non-overlapping slot to a room."""
-    return catalog.create_slot(session, room_id, data)
+    return await caller.as_admin(lambda session: catalog.create_slot(session, room_id, data))

@@ -4,32 +4,31 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from sqlalchemy.orm import Session
 
 import booking
-from auth import AdminDep, OptionalUser, ensure_acting_user
-from db import SessionDep
+from auth import CallerDep, ensure_acting_user
 from errors import Unauthenticated, problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
-from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime
+from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime, json_response
 
 router = APIRouter(prefix="/slots", tags=["slots"])
 
 UserIdQuery = Annotated[uuid.UUID | None, Query(description="Optional; must be the bearer token's user")]
 
 
-def _viewer(user: OptionalUser, user_id: uuid.UUID | None) -> uuid.UUID | None:
-    if user is None:
-        if user_id is not None:
+def _viewer(user_id: uuid.UUID | None, claimed: uuid.UUID | None) -> uuid.UUID | None:
+    if user_id is None:
+        if claimed is not None:
             raise Unauthenticated("MISSING_TOKEN", "user_id needs that user's bearer token.")
         return None
-    ensure_acting_user(user, user_id)
-    return user.id
+    ensure_acting_user(user_id, claimed)
+    return user_id
 
 
 @router.get("", response_model=SlotPage, responses=problem_schema(401, 403, 404, 422))
-def list_slots(
-    session: SessionDep,
-    user: OptionalUser,
+async def list_slots(
+    caller: CallerDep,
     room_id: uuid.UUID | None = None,
     start_from: Annotated[
         UtcDatetime | None, Query(alias="from", description="Slots starting at or after this (default: now)")
@@ -39,30 +38,35 @@ def list_slots(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
     user_id: UserIdQuery = None,
-) -> SlotPage:
+) -> Response:
     """Slots by start time, each with its status for the caller (anonymous: every hold is HELD_BY_OTHER)."""
-    return booking.list_slots(
-        session,
-        viewer_id=_viewer(user, user_id),
-        room_id=room_id,
-        start_from=start_from,
-        start_to=start_to,
-        status=status,
-        limit=limit,
-        cursor=cursor,
-    )
+
+    def work(session: Session, caller_id: uuid.UUID | None) -> SlotPage:
+        return booking.list_slots(
+            session,
+            viewer_id=_viewer(caller_id, user_id),
+            room_id=room_id,
+            start_from=start_from,
+            start_to=start_to,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    return json_response(await caller.as_viewer(work))
 
 
 @router.get("/{slot_id}", response_model=SlotRead, responses=problem_schema(401, 403, 404, 422))
-def get_slot(slot_id: uuid.UUID, session: SessionDep, user: OptionalUser, user_id: UserIdQuery = None) -> SlotRead:
+async def get_slot(slot_id: uuid.UUID, caller: CallerDep, user_id: UserIdQuery = None) -> Response:
     """One slot with its status for the caller."""
-    return booking.get_slot(session, slot_id=slot_id, viewer_id=_viewer(user, user_id))
+    slot = await caller.as_viewer(
+        lambda session, caller_id: booking.get_slot(session, slot_id=slot_id, viewer_id=_viewer(caller_id, user_id))
+    )
+    return json_response(slot)
 
 
-@router.delete(
-    "/{slot_id}", status_code=204, dependencies=[AdminDep], responses=problem_schema(401, 403, 404, 409, 422)
-)
-def delete_slot(slot_id: uuid.UUID, session: SessionDep) -> Response:
+@router.delete("/{slot_id}", status_code=204, responses=problem_schema(401, 403, 404, 409, 422))
+async def delete_slot(slot_id: uuid.UUID, caller: CallerDep) -> Response:
     """Admin: delete a slot that is neither held nor booked."""
-    booking.delete_slot(session, slot_id=slot_id)
+    await caller.as_admin(lambda session: booking.delete_slot(session, slot_id=slot_id))
     return Response(status_code=204)
