@@ -38,9 +38,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # start-up runs it in a thread too rather than blocking the event loop.
     await run_in_threadpool(_start, app)
     if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
-        # SQLite work runs on the event loop; under uvloop that starved some connections for
-        # seconds at 32+ concurrent clients (p99 1.05 s vs 0.23 s on asyncio, bench notes).
-        print("booking: warning: running on uvloop; start uvicorn with --loop asyncio", flush=True)
+        # SQLite work runs on the event loop; uvloop then starves some connections (serving.py).
+        print("booking: warning: running on uvloop; start uvicorn with --loop asyncio (see serving.py)", flush=True)
     # PostgreSQL work runs in AnyIO's thread pool (40 threads by default), one call per request.
     # More threads than database connections only adds threads that queue for a connection and
     # fight over the GIL on every hand-over, so one thread per connection keeps each useful.

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving import UVICORN_FLAGS
+
 ROOT = Path(__file__).resolve().parent.parent
 _RUNNING: list["Server"] = []
 
@@ -82,7 +84,7 @@ class Server:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--no-access-log", "--loop", "asyncio"]
+        cmd += ["--no-access-log", *UVICORN_FLAGS]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         return cmd

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 
+from serving import UVICORN_FLAGS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,7 +29,7 @@ def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30
     """Start `uvicorn main:app` with these settings; yield its base URL; stop it afterwards."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--loop", "asyncio", "--no-access-log", "--log-level", "warning"]
+    command += [*UVICORN_FLAGS, "--no-access-log", "--log-level", "warning"]
     if workers > 1:
         command += ["--workers", str(workers)]
     process = subprocess.Popen(
