@@ -160,7 +160,10 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
     def _on_begin(conn: Any) -> None:
         # BEGIN IMMEDIATE for writers: a deferred transaction that later upgrades to a writer
         # fails at once with "database is locked" when another process wrote meanwhile.
-        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
+        # Straight to the driver: it runs on every request, and exec_driver_sql would take it
+        # through SQLAlchemy's whole statement pipeline for a fixed string.
+        mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+        conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
 
 
 async def get_database(request: Request) -> Database:  # async: no I/O, so no thread hand-off
