@@ -4,9 +4,8 @@ import hashlib
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from collections import OrderedDict
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,7 +20,6 @@ from models import ApiToken, ServiceSecret, User
 from schemas import UserCreate
 
 ADMIN_SECRET = "admin_token"
-T = TypeVar("T")
 
 _bearer = HTTPBearer(auto_error=False, description="A user token, or the admin token for admin routes")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -92,9 +90,15 @@ class TokenCache:
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self._users: dict[str, uuid.UUID] = {}
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._users: OrderedDict[str, uuid.UUID] = OrderedDict()
         self._max_entries = max_entries
         self._lock = threading.Lock()  # PostgreSQL work runs in several threads
+
+    def cached(self, token: str) -> uuid.UUID | None:
+        """The token's user id if this process has seen the token valid; no database work."""
+        return self._users.get(hash_token(token))
 
     def user_id(self, session: Session, token: str) -> uuid.UUID | None:
         """The token's user id, from this cache or else from the database."""
@@ -105,61 +109,49 @@ class TokenCache:
                 user_id = session.scalar(_USER_ID_FOR_TOKEN, {"h": token_hash})
             if user_id is not None:
                 with self._lock:
-                    if len(self._users) >= self._max_entries:
-                        del self._users[next(iter(self._users))]
+                    if token_hash not in self._users and len(self._users) >= self._max_entries:
+                        self._users.popitem(last=False)
                     self._users[token_hash] = user_id
         return user_id
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the bearer token, checked inside the request's one unit of database work.
-
-    A route hands its database work to `as_user`, `as_viewer` or `as_admin`; the token is
-    resolved in the same call as the work, so a request costs one trip to the database layer.
-    """
-
-    db: Database
-    token: str | None
-    admin_token: str
-    tokens: TokenCache
-
-    def _user_id(self, session: Session) -> uuid.UUID:
-        assert self.token is not None
-        user_id = self.tokens.user_id(session, self.token)
-        if user_id is None:
-            raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
-        return user_id
-
-    async def as_user(self, work: Callable[[Session, uuid.UUID], T]) -> T:
-        """Run `work(session, user_id)` for the token's user; 401 without a valid user token."""
-        if self.token is None:
-            raise Unauthenticated("MISSING_TOKEN", "This endpoint needs an Authorization: Bearer <token> header.")
-        return await self.db.run(lambda session: work(session, self._user_id(session)))
-
-    async def as_viewer(self, work: Callable[[Session, uuid.UUID | None], T]) -> T:
-        """Run `work(session, user_id)`, user_id None without a token; an invalid token is still a 401."""
-        if self.token is None:
-            return await self.db.run(lambda session: work(session, None))
-        return await self.db.run(lambda session: work(session, self._user_id(session)))
-
-    async def as_admin(self, work: Callable[[Session], T]) -> T:
-        """Run `work(session)` for the admin token only: 401 without a valid token, 403 for a user token."""
-        if self.token is None:
-            raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
-        if not secrets.compare_digest(self.token.encode(), self.admin_token.encode()):
-            token = self.token
-            if await self.db.run(lambda session: self.tokens.user_id(session, token)) is not None:
-                raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
-            raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
-        return await self.db.run(work)
+async def _token_user_id(request: Request, token: str) -> uuid.UUID | None:
+    # From the cache when this process has seen the token; else one database call. Either way
+    # before FastAPI validates the request, so 401/403 come before 422, as for any dependency.
+    tokens: TokenCache = request.app.state.tokens
+    user_id = tokens.cached(token)
+    if user_id is None:
+        db: Database = request.app.state.db
+        user_id = await db.run(lambda session: tokens.user_id(session, token))
+    return user_id
 
 
-async def get_caller(request: Request, credentials: BearerDep) -> Caller:  # async: no I/O
-    """The caller's bearer token (not yet checked) and the database to check it in."""
-    token = credentials.credentials if credentials is not None else None
-    state = request.app.state
-    return Caller(state.db, token, state.admin_token, state.tokens)
+async def get_viewer_id(request: Request, credentials: BearerDep) -> uuid.UUID | None:
+    """The token's user id, None without a token; an invalid token is still a 401."""
+    if credentials is None:
+        return None
+    user_id = await _token_user_id(request, credentials.credentials)
+    if user_id is None:
+        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+    return user_id
+
+
+async def get_current_user_id(user_id: Annotated[uuid.UUID | None, Depends(get_viewer_id)]) -> uuid.UUID:
+    """The token's user id; 401 without a token."""
+    if user_id is None:
+        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs an Authorization: Bearer <token> header.")
+    return user_id
+
+
+async def require_admin(request: Request, credentials: BearerDep) -> None:
+    """Admit only the admin token: 401 without a valid token, 403 for a user token."""
+    if credentials is None:
+        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
+    if secrets.compare_digest(credentials.credentials.encode(), request.app.state.admin_token.encode()):
+        return
+    if await _token_user_id(request, credentials.credentials) is not None:
+        raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
+    raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
 
 
 def ensure_acting_user(user_id: uuid.UUID, claimed: uuid.UUID | None) -> None:
@@ -168,4 +160,7 @@ def ensure_acting_user(user_id: uuid.UUID, claimed: uuid.UUID | None) -> None:
         raise Forbidden("USER_MISMATCH", "user_id does not match the bearer token's user.")
 
 
-CallerDep = Annotated[Caller, Depends(get_caller)]
+# Async dependencies: no thread hand-off, and no database work at all for a token this process knows.
+CurrentUserId = Annotated[uuid.UUID, Depends(get_current_user_id)]
+ViewerId = Annotated[uuid.UUID | None, Depends(get_viewer_id)]
+AdminDep = Depends(require_admin)

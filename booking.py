@@ -199,10 +199,10 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     return hold_read(hold, now, settings)
 
 
-def _slot_and_claim(session: Session, slot_id: uuid.UUID, now: datetime) -> Any:
+def _slot_and_claim(session: Session, slot_id: uuid.UUID, now: datetime, viewer_id: uuid.UUID | None = None) -> Any:
     """The slot's row with its live claim at `now` (claim_* columns None when free); None if no slot."""
-    params = {"p_now": now, "p_slot_id": slot_id}
-    return session.connection().execute(_slot_query(viewer=False, one=True), params).first()
+    params = {"p_now": now, "p_slot_id": slot_id, "p_viewer": viewer_id}
+    return session.connection().execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
 
 
 def _refuse_if_claimed(slot: Any, user_id: uuid.UUID, now: datetime) -> None:
@@ -459,8 +459,7 @@ def list_slots(
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
     """One slot with its status for the caller."""
     with read_transaction(session) as now:
-        params = {"p_now": now, "p_viewer": viewer_id, "p_slot_id": slot_id}
-        row = session.connection().execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
+        row = _slot_and_claim(session, slot_id, now, viewer_id)
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
     return _slot_read(row, viewer_id)

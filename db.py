@@ -1,4 +1,4 @@
-"""Engine per backend, the session dependency, the write-transaction helper, schema and demo seed."""
+"""Engine per backend, Database.run (a request's database call), transactions, schema and demo seed."""
 
 import sqlite3
 import uuid
@@ -73,18 +73,20 @@ class Database:
             )
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
-        # SQLite runs in this process and lets one writer in at a time: its statements take
-        # microseconds, so a request's database work runs on the event loop, one unit at a
-        # time. A worker thread per request would only add two hand-offs and GIL contention.
-        # PostgreSQL work waits on the network and runs transactions side by side: a thread.
-        self.on_event_loop = self.backend == "sqlite"
+        # The in-memory database lives in this process, has one connection and never waits for
+        # another process's lock: its statements take microseconds, so a request's database
+        # work runs on the event loop, one unit at a time; a worker thread would only add
+        # hand-offs and GIL contention. A SQLite file can wait up to the busy timeout for
+        # another process's write lock, and PostgreSQL waits on the network: a worker thread,
+        # so one request's wait never stalls the others (or /health).
+        self.on_event_loop = self.in_memory
 
     def _memory_sqlite_engine(self, settings: Settings) -> Engine:
-        # One named shared-cache database per Database object. Every request takes the single
-        # pooled connection in turn (pool_size=1), so transactions never interleave on one
-        # connection (what breaks the StaticPool recipe) and SQLite's one-writer rule is kept
-        # by the pool's queue instead of lock errors. The anchor connection keeps the database
-        # alive even if the pool ever replaces its connection.
+        # One named shared-cache database per Database object, reached through one pooled
+        # connection (pool_size=1) that requests use in turn on the event loop (Database.run),
+        # so transactions never interleave on one connection (what breaks the StaticPool
+        # recipe) and SQLite's one-writer rule never meets a lock error. The anchor connection
+        # keeps the database alive even if the pool ever replaces its connection.
         name = f"file:booking-{uuid.uuid4().hex}?mode=memory&cache=shared"
         self._anchor = sqlite3.connect(name, uri=True, check_same_thread=False)
         engine = create_engine(
@@ -130,9 +132,10 @@ class Database:
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run one request's database work, `work(session)`, in a fresh session; return its result.
 
-        The one way routes reach the database: a single call per request (authentication
-        included), on the event loop for SQLite and in one worker-thread call for PostgreSQL.
-        `work` must end every transaction it opens (read_transaction / write_transaction).
+        The way routes reach the database: one call per request (plus one for a token this
+        process has not seen yet), on the event loop for in-memory SQLite and in one
+        worker-thread call otherwise. `work` must end every transaction it opens
+        (read_transaction / write_transaction).
         """
         if self.on_event_loop:
             return self._run(work)
@@ -160,10 +163,9 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
     def _on_begin(conn: Any) -> None:
         # BEGIN IMMEDIATE for writers: a deferred transaction that later upgrades to a writer
         # fails at once with "database is locked" when another process wrote meanwhile.
-        # Straight to the driver: it runs on every request, and exec_driver_sql would take it
-        # through SQLAlchemy's whole statement pipeline for a fixed string.
-        mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
-        conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
+        # Through SQLAlchemy, not the driver: a lock timeout here must arrive as a DBAPIError
+        # (503 DATABASE_BUSY), and "begin" hooks run outside SQLAlchemy's error translation.
+        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
 
 
 async def get_database(request: Request) -> Database:  # async: no I/O, so no thread hand-off

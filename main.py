@@ -34,8 +34,7 @@ def _start(app: FastAPI) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Open the database (schema, demo data) on start-up; close its connections on shutdown."""
-    # Database work is synchronous (sync SQLAlchemy, run in the thread pool by FastAPI), so
-    # start-up runs it in a thread too rather than blocking the event loop.
+    # Start-up's database work (migrations, seeding) can wait on locks: a thread, not the loop.
     await run_in_threadpool(_start, app)
     if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
         # SQLite work runs on the event loop; uvloop then starves some connections (serving.py).

@@ -12,6 +12,7 @@
 
 import asyncio
 import socket
+import sys
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -28,3 +29,12 @@ class HttpProtocol(HttpToolsProtocol):
 
 # The flags above, for the benchmark and the tests that start uvicorn as users do.
 UVICORN_FLAGS = ("--loop", "asyncio", "--http", "serving:HttpProtocol")
+
+
+def uvicorn_command(app: str, port: int, workers: int = 1, *extra: str) -> list[str]:
+    """The uvicorn command line that serves `app` on 127.0.0.1 as users run it (bench and tests)."""
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *UVICORN_FLAGS]
+    command += ["--no-access-log", *extra]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    return command

@@ -3,7 +3,8 @@
 Served by the same uvicorn command line and driven by the same wrk as the booking service, it
 shows what this machine, server and generator can do at best; every service figure is also
 reported as a ratio to it. `async def` because nothing here blocks: it is the framework's best
-case. `/ping-sync` is the same endpoint run in the thread pool, as the service's routes are.
+case. `/ping-sync` is the same endpoint run in the thread pool (one hand-off, as the service's
+PostgreSQL and SQLite-file work is).
 """
 
 from fastapi import FastAPI

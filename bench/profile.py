@@ -40,7 +40,7 @@ LAYERS = (
     ("pydantic: validation and JSON serialisation", ("(pydantic/", "(pydantic_core/")),
     ("FastAPI / Starlette: routing, dependencies, encoders", ("(fastapi/", "(starlette/")),
     ("the service's own code", APP_FILES),
-    ("thread-pool hand-offs (anyio, threading, asyncio Python code)", ("(anyio/", "(threading.py", "(asyncio/")),
+    ("thread-pool hand-offs and the asyncio event loop (Python code)", ("(anyio/", "(threading.py", "(asyncio/")),
     ("uvicorn (Python part)", ("(uvicorn/",)),
 )
 PHASES = (
@@ -57,9 +57,9 @@ PHASES = (
     ),
     ("the driver call itself", ("do_execute (", "_execute_send (")),
     ("response model validation and JSON", ("serialize_response (", "dump_json (", "jsonable_encoder (")),
-    ("authentication (token lookup)", ("get_optional_user (",)),
+    ("authentication (token lookup)", ("_token_user_id (", "TokenCache.user_id (")),
 )
-EVENT_LOOP = "event loop in C (uvloop, httptools: socket I/O, HTTP parsing, or sleeping in epoll)"
+EVENT_LOOP = "event loop waiting in epoll, or C code under it (httptools parsing, socket I/O)"
 
 
 def workers(server: Server) -> list[int]:

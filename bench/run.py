@@ -3,11 +3,11 @@
     .venv/bin/python -m bench.run            # full run (~12-15 min on 2 cores)
     .venv/bin/python -m bench.run --quick    # < 1 min: ceiling, in-memory SQLite, 10k history on a file
 
-Starts `uvicorn main:app --no-access-log` on 127.0.0.1 (one worker for in-memory SQLite, two for
-the SQLite file and PostgreSQL backends), seeds it over HTTP, drives it with wrk + Lua
-(bench/lua/), checks the no-double-booking invariant after every scenario, prints a table and
-writes JSON (bench/results/). Needs the Debian package `wrk`; PostgreSQL is optional
-(skipped with a note when it does not answer at --pg-url).
+Starts `uvicorn main:app --no-access-log --loop asyncio --http serving:HttpProtocol` on 127.0.0.1
+(one worker for in-memory SQLite, two for the SQLite file and PostgreSQL backends), seeds it
+over HTTP, drives it with wrk + Lua (bench/lua/), checks the no-double-booking invariant after
+every scenario, prints a table and writes JSON (bench/results/). Needs the Debian package `wrk`;
+PostgreSQL is optional (skipped with a note when it does not answer at --pg-url).
 """
 
 import argparse
@@ -35,6 +35,7 @@ from bench import loadgen
 from bench.checks import ApiChecker, SqlChecker, verdict
 from bench.seed import Api, Pool, insert_history, seed, settle_claims
 from bench.server import ROOT, RssSampler, Server, stop_all
+from serving import uvicorn_command
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHURN, HOT, LISTING = "hold churn", "hot slot", "listing"
@@ -614,7 +615,7 @@ def _meta(o: Options, elapsed: float) -> dict[str, Any]:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         },
         "load_generator": loadgen.wrk_version() + " (1 thread, Lua scripts in bench/lua/)",
-        "server": "python -m uvicorn <app> --host 127.0.0.1 --port <free> --no-access-log [--workers 2]",
+        "server": " ".join(uvicorn_command("<app>", 0, 2)).replace("--port 0", "--port <free>"),
         "settings": {"HOLD_TTL_SECONDS": HOLD_TTL_SECONDS, "SEED_DEMO_DATA": "false"},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(o).items()},
     }

@@ -12,13 +12,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving import UVICORN_FLAGS
+from serving import uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 _RUNNING: list["Server"] = []
@@ -83,11 +82,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--no-access-log", *UVICORN_FLAGS]
-        if self.workers > 1:
-            cmd += ["--workers", str(self.workers)]
-        return cmd
+        return uvicorn_command(self.app, self.port, self.workers)
 
     def start(self, ready_path: str, timeout: float = 60) -> "Server":
         """Start and wait until every worker has started and `ready_path` answers 200."""

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
 import booking
-from auth import Caller, CallerDep, ensure_acting_user
+from auth import CurrentUserId, ensure_acting_user
 from config import Settings, SettingsDep
+from db import Database, DatabaseDep
 from errors import problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from schemas import HoldAction, HoldCreate, HoldPage, HoldRead, HoldStatus, json_response
@@ -17,27 +18,27 @@ router = APIRouter(prefix="/holds", tags=["holds"])
 
 
 @router.post("", status_code=201, response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
-async def create_hold(data: HoldCreate, caller: CallerDep, settings: SettingsDep) -> Response:
+async def create_hold(data: HoldCreate, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep) -> Response:
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""
-
-    def work(session: Session, user_id: uuid.UUID) -> HoldRead:
-        ensure_acting_user(user_id, data.user_id)
-        return booking.create_hold(session, slot_id=data.slot_id, user_id=user_id, settings=settings)
-
-    return json_response(await caller.as_user(work), 201)
+    ensure_acting_user(user_id, data.user_id)
+    hold = await db.run(
+        lambda session: booking.create_hold(session, slot_id=data.slot_id, user_id=user_id, settings=settings)
+    )
+    return json_response(hold, 201)
 
 
 @router.get("", response_model=HoldPage, responses=problem_schema(401, 422))
 async def list_holds(
-    caller: CallerDep,
+    user_id: CurrentUserId,
+    db: DatabaseDep,
     settings: SettingsDep,
     status: HoldStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Response:
     """The caller's holds and bookings, newest first."""
-    page = await caller.as_user(
-        lambda session, user_id: booking.list_holds(
+    page = await db.run(
+        lambda session: booking.list_holds(
             session, user_id=user_id, status=status, limit=limit, cursor=cursor, settings=settings
         )
     )
@@ -45,51 +46,55 @@ async def list_holds(
 
 
 @router.get("/{hold_id}", response_model=HoldRead, responses=problem_schema(401, 403, 404, 422))
-async def get_hold(hold_id: uuid.UUID, caller: CallerDep, settings: SettingsDep) -> Response:
+async def get_hold(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep) -> Response:
     """One of the caller's holds, with its status derived now."""
-    hold = await caller.as_user(
-        lambda session, user_id: booking.get_hold(session, hold_id=hold_id, user_id=user_id, settings=settings)
-    )
+    hold = await db.run(lambda session: booking.get_hold(session, hold_id=hold_id, user_id=user_id, settings=settings))
     return json_response(hold)
 
 
 async def _act(
-    action: booking.HoldTransition, hold_id: uuid.UUID, caller: Caller, settings: Settings, data: HoldAction | None
+    action: booking.HoldTransition,
+    hold_id: uuid.UUID,
+    user_id: uuid.UUID,
+    db: Database,
+    settings: Settings,
+    data: HoldAction | None,
 ) -> Response:
-    def work(session: Session, user_id: uuid.UUID) -> HoldRead:
-        ensure_acting_user(user_id, data and data.user_id)
+    ensure_acting_user(user_id, data and data.user_id)
+
+    def work(session: Session) -> HoldRead:
         return action(session, hold_id=hold_id, user_id=user_id, settings=settings)
 
-    return json_response(await caller.as_user(work))
+    return json_response(await db.run(work))
 
 
 @router.post("/{hold_id}/confirm", response_model=HoldRead, responses=problem_schema(401, 403, 404, 410, 422))
 async def confirm(
-    hold_id: uuid.UUID, caller: CallerDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
 ) -> Response:
     """Confirm a live hold: it becomes the booking. Confirming again returns the same booking."""
-    return await _act(booking.confirm_hold, hold_id, caller, settings, data)
+    return await _act(booking.confirm_hold, hold_id, user_id, db, settings, data)
 
 
 @router.post("/{hold_id}/release", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 410, 422))
 async def release(
-    hold_id: uuid.UUID, caller: CallerDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
 ) -> Response:
     """Release a live hold so others can take the slot. Releasing again is a no-op."""
-    return await _act(booking.release_hold, hold_id, caller, settings, data)
+    return await _act(booking.release_hold, hold_id, user_id, db, settings, data)
 
 
 @router.post("/{hold_id}/extend", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 410, 422))
 async def extend(
-    hold_id: uuid.UUID, caller: CallerDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
 ) -> Response:
     """Push a live hold's expiry to now + HOLD_TTL_SECONDS, at most HOLD_MAX_EXTENSIONS times."""
-    return await _act(booking.extend_hold, hold_id, caller, settings, data)
+    return await _act(booking.extend_hold, hold_id, user_id, db, settings, data)
 
 
 @router.post("/{hold_id}/cancel", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
 async def cancel(
-    hold_id: uuid.UUID, caller: CallerDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
 ) -> Response:
     """Cancel a booking before its slot starts; the slot is free again. Cancelling again is a no-op."""
-    return await _act(booking.cancel_booking, hold_id, caller, settings, data)
+    return await _act(booking.cancel_booking, hold_id, user_id, db, settings, data)

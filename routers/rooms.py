@@ -5,7 +5,7 @@ import uuid
 from fastapi import APIRouter
 
 import catalog
-from auth import CallerDep
+from auth import AdminDep
 from db import DatabaseDep
 from errors import problem_schema
 from schemas import RoomCreate, RoomRead, SlotCreate, SlotRead
@@ -13,10 +13,12 @@ from schemas import RoomCreate, RoomRead, SlotCreate, SlotRead
 router = APIRouter(prefix="/rooms", tags=["rooms"])
 
 
-@router.post("", status_code=201, response_model=RoomRead, responses=problem_schema(401, 403, 409, 422))
-async def create_room(data: RoomCreate, caller: CallerDep) -> RoomRead:
+@router.post(
+    "", status_code=201, response_model=RoomRead, dependencies=[AdminDep], responses=problem_schema(401, 403, 409, 422)
+)
+async def create_room(data: RoomCreate, db: DatabaseDep) -> RoomRead:
     """Admin: add a room; names are unique case-insensitively."""
-    return await caller.as_admin(lambda session: RoomRead.model_validate(catalog.create_room(session, data)))
+    return await db.run(lambda session: RoomRead.model_validate(catalog.create_room(session, data)))
 
 
 @router.get("", response_model=list[RoomRead])
@@ -32,8 +34,12 @@ async def get_room(room_id: uuid.UUID, db: DatabaseDep) -> RoomRead:
 
 
 @router.post(
-    "/{room_id}/slots", status_code=201, response_model=SlotRead, responses=problem_schema(401, 403, 404, 409, 422)
+    "/{room_id}/slots",
+    status_code=201,
+    response_model=SlotRead,
+    dependencies=[AdminDep],
+    responses=problem_schema(401, 403, 404, 409, 422),
 )
-async def create_slot(room_id: uuid.UUID, data: SlotCreate, caller: CallerDep) -> SlotRead:
+async def create_slot(room_id: uuid.UUID, data: SlotCreate, db: DatabaseDep) -> SlotRead:
     """Admin: add a future, non-overlapping slot to a room."""
-    return await caller.as_admin(lambda session: catalog.create_slot(session, room_id, data))
+    return await db.run(lambda session: catalog.create_slot(session, room_id, data))

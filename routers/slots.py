@@ -7,7 +7,8 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
 import booking
-from auth import CallerDep, ensure_acting_user
+from auth import AdminDep, ViewerId, ensure_acting_user
+from db import DatabaseDep
 from errors import Unauthenticated, problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime, json_response
@@ -28,7 +29,8 @@ def _viewer(user_id: uuid.UUID | None, claimed: uuid.UUID | None) -> uuid.UUID |
 
 @router.get("", response_model=SlotPage, responses=problem_schema(401, 403, 404, 422))
 async def list_slots(
-    caller: CallerDep,
+    viewer: ViewerId,
+    db: DatabaseDep,
     room_id: uuid.UUID | None = None,
     start_from: Annotated[
         UtcDatetime | None, Query(alias="from", description="Slots starting at or after this (default: now)")
@@ -41,10 +43,12 @@ async def list_slots(
 ) -> Response:
     """Slots by start time, each with its status for the caller (anonymous: every hold is HELD_BY_OTHER)."""
 
-    def work(session: Session, caller_id: uuid.UUID | None) -> SlotPage:
+    viewer_id = _viewer(viewer, user_id)
+
+    def work(session: Session) -> SlotPage:
         return booking.list_slots(
             session,
-            viewer_id=_viewer(caller_id, user_id),
+            viewer_id=viewer_id,
             room_id=room_id,
             start_from=start_from,
             start_to=start_to,
@@ -53,20 +57,20 @@ async def list_slots(
             cursor=cursor,
         )
 
-    return json_response(await caller.as_viewer(work))
+    return json_response(await db.run(work))
 
 
 @router.get("/{slot_id}", response_model=SlotRead, responses=problem_schema(401, 403, 404, 422))
-async def get_slot(slot_id: uuid.UUID, caller: CallerDep, user_id: UserIdQuery = None) -> Response:
+async def get_slot(slot_id: uuid.UUID, viewer: ViewerId, db: DatabaseDep, user_id: UserIdQuery = None) -> Response:
     """One slot with its status for the caller."""
-    slot = await caller.as_viewer(
-        lambda session, caller_id: booking.get_slot(session, slot_id=slot_id, viewer_id=_viewer(caller_id, user_id))
-    )
-    return json_response(slot)
+    viewer_id = _viewer(viewer, user_id)
+    return json_response(await db.run(lambda session: booking.get_slot(session, slot_id=slot_id, viewer_id=viewer_id)))
 
 
-@router.delete("/{slot_id}", status_code=204, responses=problem_schema(401, 403, 404, 409, 422))
-async def delete_slot(slot_id: uuid.UUID, caller: CallerDep) -> Response:
+@router.delete(
+    "/{slot_id}", status_code=204, dependencies=[AdminDep], responses=problem_schema(401, 403, 404, 409, 422)
+)
+async def delete_slot(slot_id: uuid.UUID, db: DatabaseDep) -> Response:
     """Admin: delete a slot that is neither held nor booked."""
-    await caller.as_admin(lambda session: booking.delete_slot(session, slot_id=slot_id))
+    await db.run(lambda session: booking.delete_slot(session, slot_id=slot_id))
     return Response(status_code=204)

@@ -3,7 +3,6 @@
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from serving import UVICORN_FLAGS
+from serving import uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,10 +27,7 @@ def free_port() -> int:
 def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30) -> Iterator[str]:
     """Start `uvicorn main:app` with these settings; yield its base URL; stop it afterwards."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += [*UVICORN_FLAGS, "--no-access-log", "--log-level", "warning"]
-    if workers > 1:
-        command += ["--workers", str(workers)]
+    command = uvicorn_command("main:app", port, workers, "--log-level", "warning")
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

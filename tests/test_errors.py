@@ -242,3 +242,24 @@ def test_openapi_problem_json_responses_carry_the_problem_schema(client: TestCli
             content = paths[path][method]["responses"][status]["content"]
             schema = content["application/problem+json"].get("schema", {})
             assert schema.get("$ref", "").endswith("/Problem"), f"{method.upper()} {path} {status}"
+
+
+# --- which error a request with several faults gets ---------------------------------------------
+
+BAD_TOKEN = {"Authorization": "Bearer not-a-token"}
+
+
+def test_authentication_comes_before_request_validation(client: TestClient) -> None:
+    assert_problem(client.post("/holds", json={}), 401, "MISSING_TOKEN")
+    assert_problem(client.post("/holds", json={}, headers=BAD_TOKEN), 401, "INVALID_TOKEN")
+    assert_problem(client.get("/holds/not-a-uuid", headers=BAD_TOKEN), 401, "INVALID_TOKEN")
+    assert_problem(client.get("/slots?limit=0", headers=BAD_TOKEN), 401, "INVALID_TOKEN")
+
+
+def test_admin_rights_come_before_request_validation(client: TestClient, alice: ApiUser) -> None:
+    # The first request looks alice's token up in the database, the later ones in the cache.
+    for _ in range(2):
+        assert_problem(client.post("/rooms", json={}, headers=alice.auth), 403, "ADMIN_REQUIRED")
+        assert_problem(client.post(f"/rooms/{UNKNOWN}/slots", json={}, headers=alice.auth), 403, "ADMIN_REQUIRED")
+        assert_problem(client.delete("/slots/not-a-uuid", headers=alice.auth), 403, "ADMIN_REQUIRED")
+        assert_problem(client.post("/users/not-a-uuid/token", headers=BAD_TOKEN), 401, "INVALID_TOKEN")

@@ -1,5 +1,6 @@
 """The per-process token cache: a known token skips the database, an unknown one never sticks."""
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -63,3 +64,22 @@ def test_a_full_cache_drops_its_oldest_entry_and_still_answers() -> None:
         first_user, first_token = tokens[0]
         assert cache.user_id(session, first_token) == first_user.id  # read again from the database
     db.dispose()
+
+
+def test_cached_answers_only_for_tokens_already_seen_valid() -> None:
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="C", handle="c"))
+    cache = TokenCache()
+    assert cache.cached(token) is None  # not yet looked up: the caller must ask the database
+    with Session(db.engine, expire_on_commit=False) as session:
+        cache.user_id(session, token)
+        cache.user_id(session, "not-a-token")
+    assert cache.cached(token) == user.id
+    assert cache.cached("not-a-token") is None
+    db.dispose()
+
+
+def test_a_cache_of_no_entries_is_refused() -> None:
+    with pytest.raises(ValueError):
+        TokenCache(max_entries=0)
