@@ -20,8 +20,9 @@ class Settings(BaseSettings):
     hold_max_extensions: int = Field(1, ge=0, le=100)
     admin_token: str | None = Field(None, min_length=16)
     seed_demo_data: bool = True
-    # How long a SQLite writer waits for another process's write lock before giving up.
-    sqlite_busy_timeout_seconds: float = Field(30.0, gt=0)
+    # How long a SQLite writer waits for another process's write lock before giving up (503).
+    # The worker's event loop waits with it, so keep it short; our own writes take ~1 ms.
+    sqlite_busy_timeout_seconds: float = Field(5.0, gt=0)
     # PostgreSQL connection pool, per worker process.
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
