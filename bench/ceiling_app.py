@@ -7,6 +7,8 @@ case. `/ping-sync` is the same endpoint run in the thread pool (one hand-off, as
 PostgreSQL and SQLite-file work is).
 """
 
+import time
+
 from fastapi import FastAPI
 
 app = FastAPI(title="bench ceiling")
@@ -21,4 +23,13 @@ async def ping() -> dict[str, str]:
 @app.get("/ping-sync")
 def ping_sync() -> dict[str, str]:
     """The same object from a sync route (thread pool), for comparison."""
+    return {"status": "ok"}
+
+
+@app.get("/busy")
+async def busy() -> dict[str, str]:
+    """Keeps the event loop busy for 3 ms, as the service's SQLite work does (bench.serving_check)."""
+    until = time.perf_counter() + 0.003
+    while time.perf_counter() < until:
+        pass
     return {"status": "ok"}
