@@ -76,7 +76,7 @@ class Database:
         # SQLite is in-process and lets one writer in at a time; its statements take
         # microseconds, so a request's database work runs on the event loop, one unit at a
         # time. Worker threads measured far worse on a SQLite file with 2 workers (hold churn
-        # p99 1.6 s vs 52 ms: every thread's connection competes for the write lock through
+        # p99 1.6 s vs 43 ms: every thread's connection competes for the write lock through
         # SQLite's sleep-and-retry busy handler; on the loop only one writer per process does).
         # The price: while another process holds the write lock, this worker waits (up to
         # SQLITE_BUSY_TIMEOUT_SECONDS, then 503) and answers nothing else; our own writers hold

@@ -23,7 +23,8 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -362,43 +363,47 @@ class Bench:
     def checker(self, backend: str, url: str, api: Api, pool: Pool) -> SqlChecker | ApiChecker:
         return ApiChecker(api, pool) if backend == MEMORY else SqlChecker(url)
 
-    def run_backend(self, backend: str) -> None:
-        log(f"backend {backend}: {WORKERS[backend]} worker(s)")
+    @contextmanager
+    def seeded_service(self, backend: str) -> Iterator[tuple[Server, Api, Pool, SqlChecker | ApiChecker]]:
+        """A fresh database and server for `backend`, seeded, with its invariant checker; all removed after."""
         url = self.dbs.new(backend)
         server = self.service(backend, url)
         checker: SqlChecker | ApiChecker | None = None
         try:
             api, pool = self.seed(server)
-            files = self.pool_files(pool, backend)
             checker = self.checker(backend, url, api, pool)
-            common = {"backend": backend, "history": 0, "server": server, "checker": checker}
-            # The hot slot goes last: if the service stalls under 64 clients, nothing else is spoiled.
-            self.scenario(
-                name=CHURN,
-                script="holds.lua",
-                pool_file=files[CHURN],
-                connections=self.o.connections,
-                settle=lambda: settle_claims(api, pool, pool.churn_slots),
-                BENCH_CONFIRM="0.5",
-                **common,
-            )
-            self.scenario(
-                name=LISTING, script="get.lua", pool_file=files[LISTING], connections=self.o.connections, **common
-            )
-            self.scenario(
-                name=HOT,
-                script="holds.lua",
-                pool_file=files[HOT],
-                connections=self.o.hot_connections,
-                settle=lambda: settle_claims(api, pool, pool.hot_slots),
-                BENCH_CONFIRM="0.5",
-                **common,
-            )
+            yield server, api, pool, checker
         finally:
             server.stop()
             if checker:
                 checker.close()
             self.dbs.drop(url)
+
+    def holds_scenario(
+        self, name: str, pool_file: Path, connections: int, api: Api, pool: Pool, slots: list[str], **common: Any
+    ) -> dict[str, Any]:
+        """Hold churn (or the hot slot) on `slots`: holds, half confirmed then cancelled, half released."""
+        return self.scenario(
+            name=name,
+            script="holds.lua",
+            pool_file=pool_file,
+            connections=connections,
+            settle=lambda: settle_claims(api, pool, slots),
+            BENCH_CONFIRM="0.5",
+            **common,
+        )
+
+    def run_backend(self, backend: str) -> None:
+        log(f"backend {backend}: {WORKERS[backend]} worker(s)")
+        with self.seeded_service(backend) as (server, api, pool, checker):
+            files = self.pool_files(pool, backend)
+            common = {"backend": backend, "history": 0, "server": server, "checker": checker}
+            # The hot slot goes last: if the service stalls under 64 clients, nothing else is spoiled.
+            self.holds_scenario(CHURN, files[CHURN], self.o.connections, api, pool, pool.churn_slots, **common)
+            self.scenario(
+                name=LISTING, script="get.lua", pool_file=files[LISTING], connections=self.o.connections, **common
+            )
+            self.holds_scenario(HOT, files[HOT], self.o.hot_connections, api, pool, pool.hot_slots, **common)
         if backend == self.soak_backend():
             self.run_soak(backend)
 
@@ -420,14 +425,8 @@ class Bench:
             checker = SqlChecker(url)
             common = {"backend": backend, "history": rows, "server": server, "checker": checker}
             try:
-                churn = self.scenario(
-                    name=CHURN,
-                    script="holds.lua",
-                    pool_file=files[CHURN],
-                    connections=self.o.connections,
-                    settle=lambda: settle_claims(api, pool, pool.churn_slots),
-                    BENCH_CONFIRM="0.5",
-                    **common,
+                churn = self.holds_scenario(
+                    CHURN, files[CHURN], self.o.connections, api, pool, pool.churn_slots, **common
                 )
                 listing = self.scenario(
                     name=LISTING, script="get.lua", pool_file=files[LISTING], connections=self.o.connections, **common
@@ -451,18 +450,8 @@ class Bench:
     def run_soak(self, backend: str) -> None:
         """Hold churn on a fresh server in 15 s chunks, up to soak_requests or soak_max_seconds."""
         log(f"soak: hold churn on {backend} up to {self.o.soak_requests:,} requests / {self.o.soak_max_seconds}s")
-        url = self.dbs.new(backend)
-        server = self.service(backend, url)
-        checker: SqlChecker | ApiChecker | None = None
-        try:
-            api, pool = self.seed(server)
-            checker = self.checker(backend, url, api, pool)
+        with self.seeded_service(backend) as (server, _, pool, checker):
             self._soak(server, checker, self.pool_files(pool, f"{backend}-soak")[CHURN], backend)
-        finally:
-            server.stop()
-            if checker:
-                checker.close()
-            self.dbs.drop(url)
 
     def _soak(self, server: Server, checker: SqlChecker | ApiChecker, pool_file: Path, backend: str) -> None:
         chunks: list[dict[str, Any]] = []
