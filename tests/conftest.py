@@ -20,6 +20,9 @@ from main import create_app
 from tests.factories import isolated_settings
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/booking_test")
+# Other suites' scratch databases are named after this one, so two checkouts with different
+# TEST_POSTGRES_URLs can run their suites side by side on one server.
+POSTGRES_DB = make_url(POSTGRES_URL).database or "booking_test"
 REQUIRE_POSTGRES = os.environ.get("BOOKING_REQUIRE_POSTGRES") == "1"
 TABLES = "holds, api_tokens, time_slots, rooms, users, service_secrets"
 

@@ -13,8 +13,9 @@ from sqlalchemy.engine import make_url
 from config import Settings
 from db import ALEMBIC_INI, Database, prepare_schema
 from models import Base
+from tests.conftest import POSTGRES_DB
 
-MIGRATION_DB = "booking_migration_test"
+MIGRATION_DB = f"{POSTGRES_DB}_migration"
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, select, text
 
 from db import normalise_url
 from models import Hold
+from tests.conftest import POSTGRES_DB
 from tests.factories import ADMIN_TOKEN
 from tests.invariant import hold_claims, overlapping_claims, slots_with_two_live_claims
 from tests.server import running_server, seed_over_http
@@ -27,7 +28,7 @@ from tests.server import running_server, seed_over_http
 pytestmark = pytest.mark.slow
 
 WORKERS, CLIENTS, SLOTS, SECONDS, TTL = 4, 32, 12, 12.0, 3
-STRESS_DB = "booking_stress_test"
+STRESS_DB = f"{POSTGRES_DB}_stress"
 
 
 @dataclass
