@@ -1,4 +1,4 @@
-# The README's two commands: `make run` serves the API, `make test` runs the linter and every test.
+# The README's two commands: `make run` serves the API, `make test` runs the linters, the type checker and every test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,6 +26,7 @@ migrate: $(VENV)/.runtime-deps
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The whole suite in random order under a non-UTC zone, then the fast part again under UTC:
 # no decision may depend on the server's local time zone.

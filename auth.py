@@ -1,33 +1,28 @@
 """Bearer-token authentication: user tokens stored hashed in the database, and the admin token."""
 
-import hashlib
 import secrets
-import threading
 import uuid
-from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from config import Settings
-from db import Database, read_transaction, write_transaction
+from db import read_transaction, write_transaction
 from errors import Conflict, Forbidden, NotFound, Unauthenticated
 from models import ApiToken, ServiceSecret, User
 from schemas import UserCreate
+from state import AppState, app_state
+from tokens import TokenCache as TokenCache  # re-exported: bench and tests reach it as auth.TokenCache
+from tokens import hash_token
 
 ADMIN_SECRET = "admin_token"
 
 _bearer = HTTPBearer(auto_error=False, description="A user token, or the admin token for admin routes")
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def hash_token(token: str) -> str:
-    """The form a token is stored and looked up in."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _add_token(session: Session, user_id: uuid.UUID) -> str:
@@ -57,6 +52,15 @@ def create_user(session: Session, data: UserCreate) -> tuple[User, str]:
     return user, token
 
 
+def get_user(session: Session, user_id: uuid.UUID) -> User:
+    """The token's user (the caller's profile); a token whose user is gone is a 401."""
+    with read_transaction(session):
+        user = session.get(User, user_id)
+    if user is None:  # users are never deleted; were one to be, its token stops here
+        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+    return user
+
+
 def resolve_admin_token(session: Session, settings: Settings, *, shared: bool) -> str:
     """ADMIN_TOKEN if set; else one generated token, kept in a shared database for every worker."""
     if settings.admin_token:
@@ -76,53 +80,12 @@ def resolve_admin_token(session: Session, settings: Settings, *, shared: bool) -
     return token
 
 
-# Built once: every authenticated request runs it (one indexed read of one table).
-_USER_ID_FOR_TOKEN = select(ApiToken.user_id).where(ApiToken.token_hash == bindparam("h"))
-
-
-class TokenCache:
-    """Valid tokens this process has already looked up, by hash: most requests skip the database.
-
-    Exact because a token, once issued, never changes owner and is never revoked or expired
-    (there is no endpoint for either, and users are never deleted). Whoever adds revocation
-    must drop or invalidate this cache. Only hits are kept, so random invalid tokens cannot
-    fill it; the oldest entry goes when it is full.
-    """
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._users: OrderedDict[str, uuid.UUID] = OrderedDict()
-        self._max_entries = max_entries
-        self._lock = threading.Lock()  # PostgreSQL work runs in several threads
-
-    def cached(self, token: str) -> uuid.UUID | None:
-        """The token's user id if this process has seen the token valid; no database work."""
-        return self._users.get(hash_token(token))
-
-    def user_id(self, session: Session, token: str) -> uuid.UUID | None:
-        """The token's user id, from this cache or else from the database."""
-        token_hash = hash_token(token)
-        user_id = self._users.get(token_hash)
-        if user_id is None:
-            with read_transaction(session):
-                user_id = session.scalar(_USER_ID_FOR_TOKEN, {"h": token_hash})
-            if user_id is not None:
-                with self._lock:
-                    if token_hash not in self._users and len(self._users) >= self._max_entries:
-                        self._users.popitem(last=False)
-                    self._users[token_hash] = user_id
-        return user_id
-
-
-async def _token_user_id(request: Request, token: str) -> uuid.UUID | None:
+async def _token_user_id(state: AppState, token: str) -> uuid.UUID | None:
     # From the cache when this process has seen the token; else one database call. Either way
     # before FastAPI validates the request, so 401/403 come before 422, as for any dependency.
-    tokens: TokenCache = request.app.state.tokens
-    user_id = tokens.cached(token)
+    user_id = state.tokens.cached(token)
     if user_id is None:
-        db: Database = request.app.state.db
-        user_id = await db.run(lambda session: tokens.user_id(session, token))
+        user_id = await state.db.run(lambda session: state.tokens.user_id(session, token))
     return user_id
 
 
@@ -130,7 +93,7 @@ async def get_viewer_id(request: Request, credentials: BearerDep) -> uuid.UUID |
     """The token's user id, None without a token; an invalid token is still a 401."""
     if credentials is None:
         return None
-    user_id = await _token_user_id(request, credentials.credentials)
+    user_id = await _token_user_id(app_state(request), credentials.credentials)
     if user_id is None:
         raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
     return user_id
@@ -147,9 +110,10 @@ async def require_admin(request: Request, credentials: BearerDep) -> None:
     """Admit only the admin token: 401 without a valid token, 403 for a user token."""
     if credentials is None:
         raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
-    if secrets.compare_digest(credentials.credentials.encode(), request.app.state.admin_token.encode()):
+    state = app_state(request)
+    if secrets.compare_digest(credentials.credentials.encode(), state.admin_token.encode()):
         return
-    if await _token_user_id(request, credentials.credentials) is not None:
+    if await _token_user_id(state, credentials.credentials) is not None:
         raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
     raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
 
@@ -163,4 +127,4 @@ def ensure_acting_user(user_id: uuid.UUID, claimed: uuid.UUID | None) -> None:
 # Async dependencies: no thread hand-off, and no database work at all for a token this process knows.
 CurrentUserId = Annotated[uuid.UUID, Depends(get_current_user_id)]
 ViewerId = Annotated[uuid.UUID | None, Depends(get_viewer_id)]
-AdminDep = Depends(require_admin)
+AdminDep = Annotated[None, Depends(require_admin)]

@@ -8,13 +8,22 @@ level, the database refuses a second HOLD/CONFIRMED row for a slot.
 """
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NoReturn, Protocol
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
+    Column,
     ColumnElement,
+    Delete,
+    Insert,
+    Row,
+    Select,
+    Table,
+    Update,
     Uuid,
     and_,
     bindparam,
@@ -30,39 +39,75 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from config import Settings
 from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
-from models import ACTIVE_STATUSES, Hold, Room, TimeSlot, UTCDateTime
-from pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from models import ACTIVE_STATUSES, Hold, HoldStatusString, Room, TimeSlot, UTCDateTime
+from pagination import DEFAULT_LIMIT, cut_page, decode_cursor, fetch_limit
 from schemas import HoldPage, HoldRead, HoldStatus, SlotPage, SlotRead, SlotStatus
 
-HOLD, CONFIRMED = HoldStatus.HOLD.value, HoldStatus.CONFIRMED.value
-RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED.value, HoldStatus.CANCELLED.value, HoldStatus.EXPIRED.value
+HOLD, CONFIRMED = HoldStatus.HOLD, HoldStatus.CONFIRMED
+RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED, HoldStatus.CANCELLED, HoldStatus.EXPIRED
+
+assert isinstance(Hold.__table__, Table) and isinstance(TimeSlot.__table__, Table)
+_holds: Table = Hold.__table__
+_time_slots: Table = TimeSlot.__table__
+
+HoldColumns = type[Hold] | ReadOnlyColumnCollection[str, Column[Any]]
+"""Where a rule finds a hold's columns: the mapped class, an alias of it, or the table's `.c`."""
+
+
+class StoredFields(Protocol):
+    """What every stored row has: an ORM object or a plain row alike."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def created_date(self) -> datetime: ...
+    @property
+    def last_updated_date(self) -> datetime: ...
+
+
+class HoldFields(StoredFields, Protocol):
+    """A hold as read: an ORM `Hold` or a plain row of the holds table."""
+
+    @property
+    def slot_id(self) -> uuid.UUID: ...
+    @property
+    def user_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> HoldStatus: ...
+    @property
+    def expires_at(self) -> datetime: ...
+    @property
+    def confirmed_at(self) -> datetime | None: ...
+    @property
+    def extension_count(self) -> int: ...
 
 
 # --- what "live" means, in SQL and in Python --------------------------------------------------
 
 
-def _is_active(hold: Any = Hold) -> ColumnElement[bool]:
+def _is_active(hold: HoldColumns = Hold) -> ColumnElement[bool]:
     # The unique index's own predicate, as literal SQL: a planner may use a partial index only
     # when the query's WHERE visibly implies the index's, and a bound `IN (?, ?)` does not
     # (SQLite never, PostgreSQL not in a generic plan for a prepared statement). Without it,
     # every live-claim check scans the slot's whole history of dead holds.
-    return hold.status.in_([literal_column(f"'{status}'") for status in ACTIVE_STATUSES])
+    return hold.status.in_([literal_column(f"'{status.value}'") for status in ACTIVE_STATUSES])
 
 
-def live_claim(now: datetime, hold: Any = Hold) -> ColumnElement[bool]:
+def live_claim(now: datetime | ColumnElement[datetime], hold: HoldColumns = Hold) -> ColumnElement[bool]:
     """A row that claims its slot at `now`: a booking, or a hold that has not expired."""
     return and_(_is_active(hold), or_(hold.status == CONFIRMED, hold.expires_at > now))
 
 
-def hold_status(hold: Any, now: datetime) -> HoldStatus:
+def hold_status(hold: HoldFields, now: datetime) -> HoldStatus:
     """The status a reader sees: an unexpired HOLD whose time is up reads EXPIRED."""
     if hold.status == HOLD and hold.expires_at <= now:
         return HoldStatus.EXPIRED
-    return HoldStatus(hold.status)
+    return hold.status
 
 
 def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
@@ -70,10 +115,10 @@ def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
         return and_(Hold.status == HOLD, Hold.expires_at > now)
     if status is HoldStatus.EXPIRED:
         return or_(Hold.status == EXPIRED, and_(Hold.status == HOLD, Hold.expires_at <= now))
-    return Hold.status == status.value
+    return Hold.status == status
 
 
-def hold_read(hold: Any, now: datetime, settings: Settings) -> HoldRead:
+def hold_read(hold: HoldFields, now: datetime, settings: Settings) -> HoldRead:
     """Render a hold row for the API, its status derived at `now`."""
     return HoldRead(
         hold_id=hold.id,
@@ -93,7 +138,6 @@ def hold_read(hold: Any, now: datetime, settings: Settings) -> HoldRead:
 # Each is built at import with named parameters: SQLAlchemy then reuses its compiled form and
 # memoised cache key instead of rebuilding the expression tree on every request.
 
-_holds = Hold.__table__
 _NOW = bindparam("p_now", type_=UTCDateTime)
 _HOLD_ID = bindparam("p_hold_id", type_=Uuid)
 _SLOT_ID = bindparam("p_slot_id", type_=Uuid)
@@ -109,7 +153,7 @@ _INSERT_HOLD = (
             _HOLD_ID,
             _SLOT_ID,
             _USER_ID,
-            literal(HOLD),
+            literal(HOLD, HoldStatusString()),
             bindparam("p_expires_at", type_=UTCDateTime),
             literal(0),
             _NOW,
@@ -131,7 +175,7 @@ _RETIRE_EXPIRED = (
 )
 
 
-def _transition(*rule: ColumnElement[bool], **values: Any) -> Any:
+def _transition_statement(*rule: ColumnElement[bool], **values: object) -> Update:
     """A conditional UPDATE of one hold, by its owner, under `rule`, judged at p_now."""
     return (
         update(_holds)
@@ -141,27 +185,11 @@ def _transition(*rule: ColumnElement[bool], **values: Any) -> Any:
     )
 
 
-_LIVE_HOLD = (_holds.c.status == HOLD, _holds.c.expires_at > _NOW)
-_CONFIRM = _transition(*_LIVE_HOLD, status=CONFIRMED, confirmed_at=_NOW)
-_RELEASE = _transition(*_LIVE_HOLD, status=RELEASED)
-_EXTEND = _transition(
-    *_LIVE_HOLD,
-    _holds.c.extension_count < bindparam("p_max_extensions"),
-    expires_at=bindparam("p_new_expires_at", type_=UTCDateTime),
-    extension_count=_holds.c.extension_count + 1,
-)
-_CANCEL = _transition(
-    _holds.c.status == CONFIRMED,
-    exists().where(TimeSlot.id == _holds.c.slot_id, TimeSlot.start_time > _NOW),
-    status=CANCELLED,
-)
-
-
 # Deleting a slot takes its history of dead holds with it.
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
 
-def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
+def _write_holds(session: Session, statement: Insert | Update | Delete, **params: object) -> Row[Any] | None:
     """The one place a hold row is written: run one prebuilt statement, return the row it wrote."""
     result = session.connection().execute(statement, {f"p_{name}": value for name, value in params.items()})
     return result.first() if result.returns_rows else None
@@ -199,13 +227,15 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     return hold_read(hold, now, settings)
 
 
-def _slot_and_claim(session: Session, slot_id: uuid.UUID, now: datetime, viewer_id: uuid.UUID | None = None) -> Any:
+def _slot_and_claim(
+    session: Session, slot_id: uuid.UUID, now: datetime, viewer_id: uuid.UUID | None = None
+) -> Row[Any] | None:
     """The slot's row with its live claim at `now` (claim_* columns None when free); None if no slot."""
     params = {"p_now": now, "p_slot_id": slot_id, "p_viewer": viewer_id}
     return session.connection().execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
 
 
-def _refuse_if_claimed(slot: Any, user_id: uuid.UUID, now: datetime) -> None:
+def _refuse_if_claimed(slot: Row[Any] | None, user_id: uuid.UUID, now: datetime) -> None:
     """404 for no slot, 409 when it has started or has a live claim (saying whose, and until when)."""
     if slot is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
@@ -236,7 +266,7 @@ def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.U
 _HOLD_BY_ID = select(_holds).where(_holds.c.id == _HOLD_ID)
 
 
-def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Any:
+def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any]:
     hold = session.connection().execute(_HOLD_BY_ID, {"p_hold_id": hold_id}).first()
     if hold is None:
         raise NotFound("HOLD_NOT_FOUND", "No hold has this id.")
@@ -245,9 +275,105 @@ def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Any
     return hold
 
 
-def _gone(hold: Any, now: datetime, detail: str) -> HoldGone:
+def _gone(hold: HoldFields, now: datetime, detail: str) -> HoldGone:
     status = hold_status(hold, now)
     return HoldGone(f"HOLD_{status.value}", detail, hold_status=status)
+
+
+# --- the four transitions: write, else explain why not ---------------------------------------------
+
+
+def _no_params(now: datetime, settings: Settings) -> dict[str, object]:
+    return {}
+
+
+@dataclass(frozen=True)
+class _Transition:
+    """One owner's action on one hold: a conditional UPDATE, and why it may have written nothing.
+
+    `explain` sees the caller's own hold as it is when the UPDATE wrote nothing; it raises the
+    reason, or returns when the hold is already where the action leads (a repeat is a no-op).
+    """
+
+    statement: Update
+    explain: Callable[[HoldFields, datetime, Settings], None]
+    params: Callable[[datetime, Settings], dict[str, object]] = field(default=_no_params)
+
+    def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+        """Write the action, else explain why not; return the hold as it now is."""
+        with write_transaction(session) as now:
+            params = self.params(now, settings)
+            hold: HoldFields | None = _write_holds(
+                session, self.statement, hold_id=hold_id, user_id=user_id, now=now, **params
+            )
+            if hold is None:
+                hold = _owned_hold(session, hold_id, user_id)
+                self.explain(hold, now, settings)
+        return hold_read(hold, now, settings)
+
+
+def _why_not_confirmed(hold: HoldFields, now: datetime, settings: Settings) -> None:
+    if hold.status != CONFIRMED:
+        raise _gone(hold, now, CONFIRM_GONE_DETAIL)
+
+
+def _why_not_released(hold: HoldFields, now: datetime, settings: Settings) -> None:
+    if hold.status in (CONFIRMED, CANCELLED):
+        raise Conflict(f"HOLD_{hold.status.value}", "A booking cannot be released; cancel it instead.")
+    if hold.status != RELEASED:
+        raise _gone(hold, now, "This hold has expired.")
+
+
+def _why_not_extended(hold: HoldFields, now: datetime, settings: Settings) -> None:
+    status = hold_status(hold, now)
+    if status is HoldStatus.HOLD:
+        raise Conflict(
+            "EXTENSION_LIMIT_REACHED",
+            f"A hold can be extended at most {settings.hold_max_extensions} time(s).",
+        )
+    if status in (HoldStatus.CONFIRMED, HoldStatus.CANCELLED):
+        raise Conflict(f"HOLD_{status.value}", "Only a live hold can be extended.")
+    raise _gone(hold, now, "This hold has expired or was released.")
+
+
+def _why_not_cancelled(hold: HoldFields, now: datetime, settings: Settings) -> None:
+    if hold.status == CONFIRMED:
+        raise Conflict("SLOT_STARTED", "A booking cannot be cancelled once its slot has started.")
+    if hold.status != CANCELLED:
+        raise Conflict("HOLD_NOT_CONFIRMED", "Only a confirmed booking can be cancelled.")
+
+
+def _extension(now: datetime, settings: Settings) -> dict[str, object]:
+    return {
+        "max_extensions": settings.hold_max_extensions,
+        "new_expires_at": now + timedelta(seconds=settings.hold_ttl_seconds),
+    }
+
+
+_LIVE_HOLD = (_holds.c.status == HOLD, _holds.c.expires_at > _NOW)
+_CONFIRM = _Transition(
+    _transition_statement(*_LIVE_HOLD, status=CONFIRMED, confirmed_at=_NOW),
+    _why_not_confirmed,
+)
+_RELEASE = _Transition(_transition_statement(*_LIVE_HOLD, status=RELEASED), _why_not_released)
+_EXTEND = _Transition(
+    _transition_statement(
+        *_LIVE_HOLD,
+        _holds.c.extension_count < bindparam("p_max_extensions"),
+        expires_at=bindparam("p_new_expires_at", type_=UTCDateTime),
+        extension_count=_holds.c.extension_count + 1,
+    ),
+    _why_not_extended,
+    _extension,
+)
+_CANCEL = _Transition(
+    _transition_statement(
+        _holds.c.status == CONFIRMED,
+        exists().where(TimeSlot.id == _holds.c.slot_id, TimeSlot.start_time > _NOW),
+        status=CANCELLED,
+    ),
+    _why_not_cancelled,
+)
 
 
 class HoldTransition(Protocol):
@@ -260,65 +386,22 @@ class HoldTransition(Protocol):
 
 def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Turn the caller's live hold into a booking; confirming a booking again returns it."""
-    with write_transaction(session) as now:
-        hold = _write_holds(session, _CONFIRM, hold_id=hold_id, user_id=user_id, now=now)
-        if hold is None:
-            hold = _owned_hold(session, hold_id, user_id)
-            if hold.status != CONFIRMED:
-                raise _gone(hold, now, CONFIRM_GONE_DETAIL)
-    return hold_read(hold, now, settings)
+    return _CONFIRM.apply(session, hold_id, user_id, settings)
 
 
 def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Give the caller's live hold back; releasing it again returns it."""
-    with write_transaction(session) as now:
-        hold = _write_holds(session, _RELEASE, hold_id=hold_id, user_id=user_id, now=now)
-        if hold is None:
-            hold = _owned_hold(session, hold_id, user_id)
-            if hold.status in (CONFIRMED, CANCELLED):
-                raise Conflict(f"HOLD_{hold.status}", "A booking cannot be released; cancel it instead.")
-            if hold.status != RELEASED:
-                raise _gone(hold, now, "This hold has expired.")
-    return hold_read(hold, now, settings)
+    return _RELEASE.apply(session, hold_id, user_id, settings)
 
 
 def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
-    with write_transaction(session) as now:
-        hold = _write_holds(
-            session,
-            _EXTEND,
-            hold_id=hold_id,
-            user_id=user_id,
-            now=now,
-            max_extensions=settings.hold_max_extensions,
-            new_expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
-        )
-        if hold is None:
-            hold = _owned_hold(session, hold_id, user_id)
-            status = hold_status(hold, now)
-            if status is HoldStatus.HOLD:
-                raise Conflict(
-                    "EXTENSION_LIMIT_REACHED",
-                    f"A hold can be extended at most {settings.hold_max_extensions} time(s).",
-                )
-            if status in (HoldStatus.CONFIRMED, HoldStatus.CANCELLED):
-                raise Conflict(f"HOLD_{status.value}", "Only a live hold can be extended.")
-            raise _gone(hold, now, "This hold has expired or was released.")
-    return hold_read(hold, now, settings)
+    return _EXTEND.apply(session, hold_id, user_id, settings)
 
 
 def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
-    with write_transaction(session) as now:
-        hold = _write_holds(session, _CANCEL, hold_id=hold_id, user_id=user_id, now=now)
-        if hold is None:
-            hold = _owned_hold(session, hold_id, user_id)
-            if hold.status == CONFIRMED:
-                raise Conflict("SLOT_STARTED", "A booking cannot be cancelled once its slot has started.")
-            if hold.status != CANCELLED:
-                raise Conflict("HOLD_NOT_CONFIRMED", "Only a confirmed booking can be cancelled.")
-    return hold_read(hold, now, settings)
+    return _CANCEL.apply(session, hold_id, user_id, settings)
 
 
 def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
@@ -344,9 +427,9 @@ def list_holds(
     with read_transaction(session) as now:
         if status is not None:
             stmt = stmt.where(_status_filter(status, now))
-        rows = list(session.scalars(stmt.order_by(Hold.created_date.desc(), Hold.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1].created_date, page[-1].id) if len(rows) > limit else None
+        stmt = stmt.order_by(Hold.created_date.desc(), Hold.id.desc()).limit(fetch_limit(limit))
+        rows = list(session.scalars(stmt))
+    page, next_cursor = cut_page(rows, limit, lambda hold: (hold.created_date, hold.id))
     return HoldPage(items=[hold_read(h, now, settings) for h in page], next_cursor=next_cursor)
 
 
@@ -356,7 +439,7 @@ def list_holds(
 @lru_cache(maxsize=64)
 def _slot_query(
     *, viewer: bool, room: bool = False, to: bool = False, status: bool = False, cursor: bool = False, one: bool = False
-) -> Any:
+) -> Select[Any]:
     """The slot view for a caller, built once per combination of filters, with named parameters.
 
     Plain columns, not ORM entities: a listing is read-only and this is the hot read path.
@@ -397,20 +480,47 @@ def _slot_query(
     return stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(bindparam("p_limit"))
 
 
-def _slot_read(row: Any, viewer_id: uuid.UUID | None) -> SlotRead:
+class SlotFields(StoredFields, Protocol):
+    """A slot as read: an ORM `TimeSlot` or a row of the slot view."""
+
+    @property
+    def room_id(self) -> uuid.UUID: ...
+    @property
+    def start_time(self) -> datetime: ...
+    @property
+    def end_time(self) -> datetime: ...
+
+
+def slot_read(
+    slot: SlotFields,
+    status: SlotStatus,
+    *,
+    hold_id: uuid.UUID | None = None,
+    expires_at: datetime | None = None,
+) -> SlotRead:
+    """Render a slot for the API with its status for the caller (and the caller's own claim)."""
     # model_construct: every value comes typed from the database (UUID, aware UTC datetime,
     # a known status), so validating 50 rows again would only cost time.
-    mine = viewer_id is not None and row.claim_user_id == viewer_id
     return SlotRead.model_construct(
-        id=row.id,
-        room_id=row.room_id,
-        start_time=row.start_time,
-        end_time=row.end_time,
-        status=SlotStatus(row.status),
+        id=slot.id,
+        room_id=slot.room_id,
+        start_time=slot.start_time,
+        end_time=slot.end_time,
+        status=status,
+        hold_id=hold_id,
+        expires_at=expires_at,
+        created_date=slot.created_date,
+        last_updated_date=slot.last_updated_date,
+    )
+
+
+def _slot_view(row: Row[Any], viewer_id: uuid.UUID | None) -> SlotRead:
+    mine = viewer_id is not None and row.claim_user_id == viewer_id
+    return slot_read(
+        row,
+        SlotStatus(row.status),
         hold_id=row.claim_id if mine else None,
         expires_at=row.claim_expires_at if mine and row.claim_status == HOLD else None,
-        created_date=row.created_date,
-        last_updated_date=row.last_updated_date,
     )
 
 
@@ -444,16 +554,15 @@ def list_slots(
             "p_status": status.value if status else None,
             "p_cursor_at": at,
             "p_cursor_id": last_id,
-            "p_limit": limit + 1,
+            "p_limit": fetch_limit(limit),
         }
         # Plain rows through the Core connection: no ORM result layer on the hot read path.
         rows = session.connection().execute(stmt, params).all()
         # The rows name the room, so it is looked up only when there are none (404 or empty page).
         if not rows and room_id is not None and session.get(Room, room_id) is None:
             raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1].start_time, page[-1].id) if len(rows) > limit else None
-    return SlotPage(items=[_slot_read(row, viewer_id) for row in page], next_cursor=next_cursor)
+    page, next_cursor = cut_page(rows, limit, lambda row: (row.start_time, row.id))
+    return SlotPage(items=[_slot_view(row, viewer_id) for row in page], next_cursor=next_cursor)
 
 
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
@@ -462,7 +571,7 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
         row = _slot_and_claim(session, slot_id, now, viewer_id)
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
-    return _slot_read(row, viewer_id)
+    return _slot_view(row, viewer_id)
 
 
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
@@ -474,7 +583,7 @@ def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
                 raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.")
             _write_holds(session, _DELETE_DEAD_HOLDS, slot_id=slot_id, now=now)
-            session.execute(TimeSlot.__table__.delete().where(TimeSlot.id == slot_id))
+            session.execute(delete(_time_slots).where(TimeSlot.id == slot_id))
     except IntegrityError as exc:
         # A claim arrived between the check and the delete; the foreign key refused the delete.
         raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.") from exc

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from booking import slot_read
 from clock import utc_now
 from db import read_transaction, write_transaction
 from errors import Conflict, InvalidInput, NotFound
@@ -57,12 +58,4 @@ def create_slot(session: Session, room_id: uuid.UUID, data: SlotCreate) -> SlotR
             raise Conflict("SLOT_OVERLAP", "The slot overlaps another slot of this room.", overlapping_slot_id=overlap)
         slot = TimeSlot(room_id=room_id, start_time=data.start_time, end_time=data.end_time)
         session.add(slot)
-    return SlotRead(
-        id=slot.id,
-        room_id=slot.room_id,
-        start_time=slot.start_time,
-        end_time=slot.end_time,
-        status=SlotStatus.AVAILABLE,
-        created_date=slot.created_date,
-        last_updated_date=slot.last_updated_date,
-    )
+    return slot_read(slot, SlotStatus.AVAILABLE)

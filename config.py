@@ -1,9 +1,7 @@
 """Settings, read once from the environment (pydantic-settings)."""
 
 from functools import lru_cache
-from typing import Annotated
 
-from fastapi import Depends, Request
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,7 +19,7 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, min_length=16)
     seed_demo_data: bool = True
     # How long a SQLite writer waits for another process's write lock before giving up (503).
-    # The worker's event loop waits with it, so keep it short; our own writes take ~1 ms.
+    # The worker's event loop waits with it, so keep it short (see docs/performance.md#sqlite-on-the-event-loop).
     sqlite_busy_timeout_seconds: float = Field(5.0, gt=0)
     # PostgreSQL connection pool, per worker process.
     db_pool_size: int = Field(10, ge=1)
@@ -33,11 +31,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Return the process-wide settings, read from the environment once."""
     return Settings()
-
-
-async def app_settings(request: Request) -> Settings:  # async: no I/O, so no thread hand-off
-    """The settings the running app was built with (tests build apps with their own)."""
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(app_settings)]

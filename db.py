@@ -6,17 +6,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
-from fastapi import Depends, Request
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from clock import utc_now
 from config import Settings
@@ -32,6 +32,9 @@ DEMO_USERS = (("Alice Demo", "alice", "alice@example.com"), ("Bob Demo", "bob", 
 DEMO_ROOMS = (("Pharaoh's Tomb", 6), ("Haunted Library", 4), ("Space Station", 8))
 DEMO_DAYS = 3
 DEMO_HOURS = range(10, 22)  # one-hour slots from 10:00 to 22:00 UTC
+
+# SQLAlchemy's own QueuePool defaults for a SQLite file, spelled out so that this class knows its limits.
+_SQLITE_FILE_POOL = {"pool_size": 5, "max_overflow": 10}
 
 T = TypeVar("T")
 
@@ -57,12 +60,18 @@ class Database:
         url = normalise_url(settings.database_url)
         if _is_memory_sqlite(url):
             self.engine = self._memory_sqlite_engine(settings)
+            self._max_overflow = 0
         elif make_url(url).get_backend_name() == "sqlite":
             self.engine = create_engine(
-                url, connect_args={"timeout": settings.sqlite_busy_timeout_seconds, "check_same_thread": False}
+                url,
+                poolclass=QueuePool,
+                **_SQLITE_FILE_POOL,
+                connect_args={"timeout": settings.sqlite_busy_timeout_seconds, "check_same_thread": False},
             )
+            self._max_overflow = _SQLITE_FILE_POOL["max_overflow"]
             _install_sqlite_hooks(self.engine, wal=True)
         else:
+            self._max_overflow = settings.db_max_overflow
             self.engine = create_engine(
                 url,
                 pool_size=settings.db_pool_size,
@@ -73,14 +82,12 @@ class Database:
             )
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
-        # SQLite is in-process and lets one writer in at a time; its statements take
-        # microseconds, so a request's database work runs on the event loop, one unit at a
-        # time. Worker threads measured far worse on a SQLite file with 2 workers (hold churn
-        # p99 1.6 s vs 43 ms: every thread's connection competes for the write lock through
-        # SQLite's sleep-and-retry busy handler; on the loop only one writer per process does).
-        # The price: while another process holds the write lock, this worker waits (up to
-        # SQLITE_BUSY_TIMEOUT_SECONDS, then 503) and answers nothing else; our own writers hold
-        # it for about a millisecond. PostgreSQL waits on the network: one worker-thread call.
+        # SQLite is in-process and lets one writer in at a time, so a request's database work
+        # runs on the event loop, one unit at a time: worker threads would fight for the write
+        # lock through SQLite's sleep-and-retry busy handler (see
+        # docs/performance.md#sqlite-on-the-event-loop). The price: while another process holds
+        # the write lock, this worker waits (up to SQLITE_BUSY_TIMEOUT_SECONDS, then 503) and
+        # answers nothing else. PostgreSQL waits on the network: one worker-thread call.
         self.on_event_loop = self.backend == "sqlite"
 
     def _memory_sqlite_engine(self, settings: Settings) -> Engine:
@@ -106,9 +113,9 @@ class Database:
     def max_connections(self) -> int:
         """How many connections this process may hold at once."""
         pool = self.engine.pool
-        return pool.size() + max(pool._max_overflow, 0) if isinstance(pool, QueuePool) else 1
+        return pool.size() + self._max_overflow if isinstance(pool, QueuePool) else 1
 
-    def pool_state(self) -> dict[str, Any]:
+    def pool_state(self) -> dict[str, object]:
         """What /health reports about this process's connection pool."""
         pool = self.engine.pool
         if not isinstance(pool, QueuePool):
@@ -119,7 +126,7 @@ class Database:
                 "checked_out": pool.checkedout(),
                 "idle": pool.checkedin(),
                 "overflow": max(pool.overflow(), 0),
-                "max_overflow": pool._max_overflow,
+                "max_overflow": self._max_overflow,
                 "timeout_seconds": pool.timeout(),
             }
         }
@@ -150,7 +157,7 @@ class Database:
 
 def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -162,20 +169,12 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
+    def _on_begin(conn: Connection) -> None:
         # BEGIN IMMEDIATE for writers: a deferred transaction that later upgrades to a writer
         # fails at once with "database is locked" when another process wrote meanwhile.
         # Through SQLAlchemy, not the driver: a lock timeout here must arrive as a DBAPIError
         # (503 DATABASE_BUSY), and "begin" hooks run outside SQLAlchemy's error translation.
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
-
-
-async def get_database(request: Request) -> Database:  # async: no I/O, so no thread hand-off
-    """The running app's database."""
-    return request.app.state.db  # type: ignore[no-any-return]
-
-
-DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Domain errors that carry an HTTP status and a stable code, and the one problem+json renderer."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,7 +23,7 @@ class DomainError(Exception):
     status: int = 400
     title: str = "Bad request"
 
-    def __init__(self, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any):
+    def __init__(self, code: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: object):
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -43,7 +44,7 @@ class Unauthenticated(DomainError):
     status = 401
     title = "Unauthorized"
 
-    def __init__(self, code: str, detail: str, **extra: Any):
+    def __init__(self, code: str, detail: str, **extra: object):
         super().__init__(code, detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
 
 
@@ -93,8 +94,21 @@ class ServiceUnavailable(DomainError):
     title = "Service unavailable"
 
 
+def database_busy(detail: str) -> ServiceUnavailable:
+    """The database is there but cannot take this request now: retry in a second."""
+    return ServiceUnavailable("DATABASE_BUSY", detail, headers={"Retry-After": "1"})
+
+
+def database_unavailable(backend: str | None = None) -> ServiceUnavailable:
+    """The database does not answer at all; /health also names the backend it tried."""
+    detail = "The database does not answer."
+    if backend is None:
+        return ServiceUnavailable("DATABASE_UNAVAILABLE", detail)
+    return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, database=backend)
+
+
 def problem_response(
-    status: int, title: str, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    status: int, title: str, code: str, detail: str, headers: Mapping[str, str] | None = None, **extra: object
 ) -> JSONResponse:
     """Render one RFC 9457 problem document."""
     body = {
@@ -147,44 +161,34 @@ _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_det
 _BUSY_SQLSTATES = {"55P03", "57014"}
 
 
-async def _database_error(_: Request, exc: Exception) -> JSONResponse:
-    # Domain code already turns the expected races into domain errors; this is the backstop
-    # that keeps any other lost race or overload a 409/503 rather than a 500.
+def _database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
+    """The problem a database failure is reported as; None when it is not one we recognise."""
     if isinstance(exc, PoolTimeout):
-        return problem_response(
-            503,
-            "Service unavailable",
-            "DATABASE_BUSY",
-            "No database connection was free in time; retry shortly.",
-            {"Retry-After": "1"},
-        )
-    assert isinstance(exc, DBAPIError)
+        return database_busy("No database connection was free in time; retry shortly.")
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if isinstance(exc, IntegrityError):
-        return problem_response(409, "Conflict", "CONSTRAINT_VIOLATION", "The change conflicts with stored data.")
+        return Conflict("CONSTRAINT_VIOLATION", "The change conflicts with stored data.")
     if sqlstate in _RETRYABLE_SQLSTATES:
-        return problem_response(
-            409,
-            "Conflict",
-            "TRANSACTION_CONFLICT",
-            "A concurrent change won; retry the request.",
-            {"Retry-After": "0"},
+        return Conflict(
+            "TRANSACTION_CONFLICT", "A concurrent change won; retry the request.", headers={"Retry-After": "0"}
         )
     if sqlstate is not None and (sqlstate in _BUSY_SQLSTATES or sqlstate.startswith(("53", "57P"))):
-        return problem_response(
-            503,
-            "Service unavailable",
-            "DATABASE_BUSY",
-            "The database is overloaded or restarting; retry shortly.",
-            {"Retry-After": "1"},
-        )
+        return database_busy("The database is overloaded or restarting; retry shortly.")
     if "database is locked" in str(exc.orig):
-        return problem_response(
-            503, "Service unavailable", "DATABASE_BUSY", "The database is busy; retry shortly.", {"Retry-After": "1"}
-        )
+        return database_busy("The database is busy; retry shortly.")
     if exc.connection_invalidated or sqlstate is None or sqlstate.startswith("08"):
-        return problem_response(503, "Service unavailable", "DATABASE_UNAVAILABLE", "The database does not answer.")
-    return await _unexpected_error(_, exc)
+        return database_unavailable()
+    return None
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # Domain code already turns the expected races into domain errors; this is the backstop
+    # that keeps any other lost race or overload a 409/503 rather than a 500.
+    assert isinstance(exc, DBAPIError | PoolTimeout)
+    problem = _database_problem(exc)
+    if problem is None:
+        return await _unexpected_error(request, exc)
+    return await _domain_error(request, problem)
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:

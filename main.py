@@ -4,39 +4,41 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from auth import TokenCache, issue_token, resolve_admin_token
+from auth import issue_token, resolve_admin_token
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from routers import health, holds, rooms, slots, users
+from state import AppState
+from tokens import TokenCache
 
 
-def _start(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
+def _start(settings: Settings) -> AppState:
     db = Database(settings)
-    app.state.db = db
-    app.state.tokens = TokenCache()
     prepare_schema(db)
     with Session(db.engine, expire_on_commit=False) as session:
-        app.state.admin_token = resolve_admin_token(session, settings, shared=not db.in_memory)
-        lines = [f"booking: database {db.backend}; admin token: {app.state.admin_token}"]
+        admin_token = resolve_admin_token(session, settings, shared=not db.in_memory)
+        lines = [f"booking: database {db.backend}; admin token: {admin_token}"]
         if settings.seed_demo_data:
             for user in seed_demo_data(session):
                 lines.append(f"booking: demo user {user.handle} ({user.id}) token: {issue_token(session, user.id)}")
     print("\n".join(lines), flush=True)
+    return AppState(settings=settings, db=db, tokens=TokenCache(), admin_token=admin_token)
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     """Open the database (schema, demo data) on start-up; close its connections on shutdown."""
     # Start-up's database work (migrations, seeding) can wait on locks: a thread, not the loop.
-    await run_in_threadpool(_start, app)
+    state = await run_in_threadpool(_start, settings)
+    app.state = state
     # Everything built at start-up (modules, routes, compiled statements) lives as long as the
     # process: move it out of the cyclic collector's view, so each full collection scans only
     # what requests allocate.
@@ -44,14 +46,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
         # SQLite work runs on the event loop; uvloop then starves some connections (serving.py).
         print("booking: warning: running on uvloop; start uvicorn with --loop asyncio (see serving.py)", flush=True)
-    # PostgreSQL work runs in AnyIO's thread pool (40 threads by default), one call per request.
-    # More threads than database connections only adds threads that queue for a connection and
-    # fight over the GIL on every hand-over, so one thread per connection keeps each useful.
-    to_thread.current_default_thread_limiter().total_tokens = app.state.db.max_connections
+    # PostgreSQL work runs in AnyIO's thread pool, one call per request; one thread per database
+    # connection keeps each useful (see docs/performance.md#thread-pool-sizing).
+    to_thread.current_default_thread_limiter().total_tokens = state.db.max_connections
     try:
         yield
     finally:
-        app.state.db.dispose()
+        state.db.dispose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,9 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Hold-and-confirm booking API",
         version="1.0.0",
         summary="Hold a time slot, then confirm or release it; never two live claims on one slot.",
-        lifespan=lifespan,
+        lifespan=partial(lifespan, settings=settings),
     )
-    app.state.settings = settings
     install_error_handlers(app)
     for module in (users, rooms, slots, holds, health):
         app.include_router(module.router)

@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from sqlalchemy import (
     CheckConstraint,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     TypeDecorator,
     text,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clock import utc_now
@@ -29,7 +30,7 @@ NAMING_CONVENTION = {
 }
 
 # Rows in these states take part in the one-live-claim-per-slot unique index.
-ACTIVE_STATUSES = (HoldStatus.HOLD.value, HoldStatus.CONFIRMED.value)
+ACTIVE_STATUSES = (HoldStatus.HOLD, HoldStatus.CONFIRMED)
 ACTIVE_PREDICATE = "status IN ('HOLD', 'CONFIRMED')"
 
 
@@ -59,9 +60,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class HoldStatusString(TypeDecorator[HoldStatus]):
+    """A HoldStatus stored as its plain value in a VARCHAR(16): no native enum, no migration."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else HoldStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> HoldStatus | None:
+        return None if value is None else HoldStatus(value)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime}
+    type_annotation_map: ClassVar[dict[type, type[UTCDateTime]]] = {datetime: UTCDateTime}
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     created_date: Mapped[datetime] = mapped_column(default=utc_now)
@@ -86,13 +100,15 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-def _room_name_key(context: Any) -> str:
-    return context.get_current_parameters()["name"].casefold()
+def _room_name_key(context: DefaultExecutionContext) -> str:
+    # SQLAlchemy leaves get_current_parameters unannotated.
+    name: str = context.get_current_parameters()["name"]  # type: ignore[no-untyped-call]
+    return name.casefold()
 
 
 class Room(Base):
     __tablename__ = "rooms"
-    __table_args__: Any = (CheckConstraint("capacity >= 1", name="capacity_positive"),)
+    __table_args__ = (CheckConstraint("capacity >= 1", name="capacity_positive"),)
 
     name: Mapped[str] = mapped_column(String(200))
     # Unicode case folding done here, not by the database: SQLite's lower() folds only ASCII.
@@ -102,7 +118,7 @@ class Room(Base):
 
 class TimeSlot(Base):
     __tablename__ = "time_slots"
-    __table_args__: Any = (
+    __table_args__ = (
         CheckConstraint("start_time < end_time", name="starts_before_end"),
         Index("ix_time_slots_room_id_start_time", "room_id", "start_time"),
         Index("ix_time_slots_start_time", "start_time"),
@@ -122,7 +138,7 @@ class Hold(Base):
     """
 
     __tablename__ = "holds"
-    __table_args__: Any = (
+    __table_args__ = (
         CheckConstraint("status IN ('HOLD', 'CONFIRMED', 'RELEASED', 'CANCELLED', 'EXPIRED')", name="status_known"),
         CheckConstraint("extension_count >= 0", name="extension_count_non_negative"),
         # The database itself refuses a second active claim on a slot, whoever writes it.
@@ -139,7 +155,7 @@ class Hold(Base):
 
     slot_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("time_slots.id"))
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[HoldStatus] = mapped_column(HoldStatusString())
     expires_at: Mapped[datetime]
     extension_count: Mapped[int] = mapped_column(default=0)
     confirmed_at: Mapped[datetime | None]

@@ -1,14 +1,18 @@
-"""Opaque keyset cursors: (timestamp, id) of the last item of a page."""
+"""Keyset paging: fetch one row more than the page, cut, and an opaque cursor (timestamp, id) to go on."""
 
 import base64
 import binascii
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from errors import InvalidInput
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+
+T = TypeVar("T")
 
 
 def encode_cursor(at: datetime, item_id: uuid.UUID) -> str:
@@ -26,3 +30,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return parsed.astimezone(UTC), uuid.UUID(item_id)
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidInput("INVALID_CURSOR", "The cursor is not one this API returned.") from exc
+
+
+def fetch_limit(limit: int) -> int:
+    """How many rows to fetch for a page of `limit`: the one extra says whether another page follows."""
+    return limit + 1
+
+
+def cut_page(
+    rows: Sequence[T], limit: int, sort_key: Callable[[T], tuple[datetime, uuid.UUID]]
+) -> tuple[Sequence[T], str | None]:
+    """The page out of `fetch_limit(limit)` rows, and the cursor for the next page (None on the last)."""
+    page = rows[:limit]
+    return page, encode_cursor(*sort_key(page[-1])) if len(rows) > limit else None

@@ -7,7 +7,6 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, model_validator
-from starlette.responses import Response
 
 HANDLE_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
 
@@ -171,13 +170,3 @@ class Health(BaseModel):
     status: str
     database: str
     details: dict[str, Any] = Field(default_factory=dict)
-
-
-def json_response(model: BaseModel, status_code: int = 200) -> Response:
-    """A response model as JSON, serialised once by pydantic.
-
-    Returned from a route, it skips FastAPI's second validation of an already valid model
-    (the `response_model` still documents the schema): on a 48-slot listing that second
-    pass cost more than the query.
-    """
-    return Response(model.__pydantic_serializer__.to_json(model), status_code, media_type="application/json")

@@ -1,13 +1,12 @@
 """How uvicorn serves this app: `uvicorn main:app --loop asyncio --http serving:HttpProtocol`.
 
-- `--loop asyncio`: SQLite work runs on the event loop (db.Database.run). Under uvloop, a loop
-  kept busy like that starved some connections for seconds (bare app, 3 ms handler, 64
-  clients: p99 1.05 s and request timeouts on uvloop, 0.23 s on asyncio).
+- `--loop asyncio`: SQLite work runs on the event loop (db.Database.run), and uvloop starves
+  some connections of a loop kept busy like that (see docs/performance.md#serving-flags).
 - `--http serving:HttpProtocol`: uvicorn's httptools protocol with TCP_NODELAY set on every
   connection. With `--workers N` uvicorn binds the socket itself, and asyncio then skips
-  TCP_NODELAY on accepted connections (the shared socket reports protocol 0): a response's
-  header and body writes met delayed ACKs, and every request took 40 ms (bare app, 2 workers:
-  363 req/s with, 8213 without). uvloop sets it itself; with asyncio this class does.
+  TCP_NODELAY on accepted connections (the shared socket reports protocol 0), so a response's
+  header and body writes meet delayed ACKs (see docs/performance.md#serving-flags). uvloop sets
+  it itself; with asyncio this class does.
 """
 
 import asyncio

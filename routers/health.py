@@ -1,13 +1,15 @@
 """/health: does the database answer?"""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from db import DatabaseDep, read_transaction
-from errors import ServiceUnavailable, problem_schema
+from db import read_transaction
+from errors import database_unavailable, problem_schema
+from routers import json_response
 from schemas import Health
+from state import DatabaseDep
 
 router = APIRouter(tags=["health"])
 
@@ -18,10 +20,10 @@ def _ping(session: Session) -> None:
 
 
 @router.get("/health", response_model=Health, responses=problem_schema(503))
-async def health(db: DatabaseDep) -> Health:
+async def health(db: DatabaseDep) -> Response:
     """200 with the backend and connection-pool state when the database answers, 503 otherwise."""
     try:
         await db.run(_ping)
     except SQLAlchemyError as exc:
-        raise ServiceUnavailable("DATABASE_UNAVAILABLE", "The database does not answer.", database=db.backend) from exc
-    return Health(status="ok", database=db.backend, details=db.pool_state())
+        raise database_unavailable(db.backend) from exc
+    return json_response(Health(status="ok", database=db.backend, details=db.pool_state()))

@@ -8,11 +8,13 @@ from sqlalchemy.orm import Session
 
 import booking
 from auth import CurrentUserId, ensure_acting_user
-from config import Settings, SettingsDep
-from db import Database, DatabaseDep
+from config import Settings
+from db import Database
 from errors import problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
-from schemas import HoldAction, HoldCreate, HoldPage, HoldRead, HoldStatus, json_response
+from routers import json_response
+from schemas import HoldAction, HoldCreate, HoldPage, HoldRead, HoldStatus
+from state import DatabaseDep, SettingsDep
 
 router = APIRouter(prefix="/holds", tags=["holds"])
 
@@ -60,7 +62,7 @@ async def _act(
     settings: Settings,
     data: HoldAction | None,
 ) -> Response:
-    ensure_acting_user(user_id, data and data.user_id)
+    ensure_acting_user(user_id, data.user_id if data is not None else None)
 
     def work(session: Session) -> HoldRead:
         return action(session, hold_id=hold_id, user_id=user_id, settings=settings)

@@ -2,44 +2,44 @@
 
 import uuid
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 import catalog
 from auth import AdminDep
-from db import DatabaseDep
 from errors import problem_schema
+from routers import json_response
 from schemas import RoomCreate, RoomRead, SlotCreate, SlotRead
+from state import DatabaseDep
 
 router = APIRouter(prefix="/rooms", tags=["rooms"])
 
 
-@router.post(
-    "", status_code=201, response_model=RoomRead, dependencies=[AdminDep], responses=problem_schema(401, 403, 409, 422)
-)
-async def create_room(data: RoomCreate, db: DatabaseDep) -> RoomRead:
+@router.post("", status_code=201, response_model=RoomRead, responses=problem_schema(401, 403, 409, 422))
+async def create_room(_: AdminDep, data: RoomCreate, db: DatabaseDep) -> Response:
     """Admin: add a room; names are unique case-insensitively."""
-    return await db.run(lambda session: RoomRead.model_validate(catalog.create_room(session, data)))
+    room = await db.run(lambda session: RoomRead.model_validate(catalog.create_room(session, data)))
+    return json_response(room, 201)
 
 
 @router.get("", response_model=list[RoomRead])
-async def list_rooms(db: DatabaseDep) -> list[RoomRead]:
+async def list_rooms(db: DatabaseDep) -> Response:
     """Every room, ordered by name."""
-    return await db.run(lambda session: [RoomRead.model_validate(room) for room in catalog.list_rooms(session)])
+    rooms = await db.run(lambda session: [RoomRead.model_validate(room) for room in catalog.list_rooms(session)])
+    return json_response(rooms)
 
 
 @router.get("/{room_id}", response_model=RoomRead, responses=problem_schema(404, 422))
-async def get_room(room_id: uuid.UUID, db: DatabaseDep) -> RoomRead:
+async def get_room(room_id: uuid.UUID, db: DatabaseDep) -> Response:
     """One room."""
-    return await db.run(lambda session: RoomRead.model_validate(catalog.get_room(session, room_id)))
+    return json_response(await db.run(lambda session: RoomRead.model_validate(catalog.get_room(session, room_id))))
 
 
 @router.post(
     "/{room_id}/slots",
     status_code=201,
     response_model=SlotRead,
-    dependencies=[AdminDep],
     responses=problem_schema(401, 403, 404, 409, 422),
 )
-async def create_slot(room_id: uuid.UUID, data: SlotCreate, db: DatabaseDep) -> SlotRead:
+async def create_slot(_: AdminDep, room_id: uuid.UUID, data: SlotCreate, db: DatabaseDep) -> Response:
     """Admin: add a future, non-overlapping slot to a room."""
-    return await db.run(lambda session: catalog.create_slot(session, room_id, data))
+    return json_response(await db.run(lambda session: catalog.create_slot(session, room_id, data)), 201)

@@ -8,10 +8,11 @@ from sqlalchemy.orm import Session
 
 import booking
 from auth import AdminDep, ViewerId, ensure_acting_user
-from db import DatabaseDep
 from errors import Unauthenticated, problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
-from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime, json_response
+from routers import json_response
+from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime
+from state import DatabaseDep
 
 router = APIRouter(prefix="/slots", tags=["slots"])
 
@@ -67,10 +68,8 @@ async def get_slot(slot_id: uuid.UUID, viewer: ViewerId, db: DatabaseDep, user_i
     return json_response(await db.run(lambda session: booking.get_slot(session, slot_id=slot_id, viewer_id=viewer_id)))
 
 
-@router.delete(
-    "/{slot_id}", status_code=204, dependencies=[AdminDep], responses=problem_schema(401, 403, 404, 409, 422)
-)
-async def delete_slot(slot_id: uuid.UUID, db: DatabaseDep) -> Response:
+@router.delete("/{slot_id}", status_code=204, responses=problem_schema(401, 403, 404, 409, 422))
+async def delete_slot(_: AdminDep, slot_id: uuid.UUID, db: DatabaseDep) -> Response:
     """Admin: delete a slot that is neither held nor booked."""
     await db.run(lambda session: booking.delete_slot(session, slot_id=slot_id))
     return Response(status_code=204)

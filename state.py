@@ -1,0 +1,47 @@
+"""What start-up builds, in one typed place: `app.state` is an `AppState`, read through dependencies."""
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.datastructures import State
+
+from config import Settings
+from db import Database
+from tokens import TokenCache
+
+
+@dataclass(frozen=True, eq=False)
+class AppState(State):
+    """The running app's settings, database, token cache and admin token; fixed once start-up is done.
+
+    A Starlette `State`, so it can stand as `app.state` itself (tests reach `app.state.db`).
+    """
+
+    settings: Settings
+    db: Database
+    tokens: TokenCache
+    admin_token: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        State.__init__(self)  # the backing store Starlette's State falls back to; stays empty
+
+
+def app_state(request: Request) -> AppState:
+    """What the running app was started with (tests build apps with their own settings)."""
+    state = request.app.state
+    assert isinstance(state, AppState), "the app has not been started (lifespan)"
+    return state
+
+
+# Async dependencies: no I/O, so no thread hand-off.
+async def _settings(request: Request) -> Settings:
+    return app_state(request).settings
+
+
+async def _database(request: Request) -> Database:
+    return app_state(request).db
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+DatabaseDep = Annotated[Database, Depends(_database)]
