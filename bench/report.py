@@ -24,7 +24,7 @@ def targets(rows: list[ScenarioRow], soak: Soak | None) -> list[Target]:
         return next((r for r in rows if (r.backend, r.scenario, r.history_rows) == (backend, scenario, history)), None)
 
     churn = find(MEMORY, CHURN)
-    ratio = churn and churn.ratio_to_ceiling.rps
+    ratio = churn.ratio_to_ceiling.rps if churn else None
     add(
         f"hold churn on in-memory SQLite >= {CHURN_MIN_CEILING_RPS}x ceiling req/s",
         None if ratio is None else ratio >= CHURN_MIN_CEILING_RPS,
@@ -48,7 +48,7 @@ def targets(rows: list[ScenarioRow], soak: Soak | None) -> list[Target]:
         parts, met = [], True
         for scenario in (CHURN, LISTING):
             r = find(backend, scenario, top)
-            ratio_e = r and (r.ratio_to_empty or {}).get("rps")
+            ratio_e = (r.ratio_to_empty or {}).get("rps") if r else None
             parts.append(f"{scenario} {ratio_e}x of empty" if ratio_e is not None else f"{scenario}: no empty run")
             met = met and ratio_e is not None and ratio_e >= HISTORY_MIN_EMPTY_RPS
         has_base = all(find(backend, s) for s in (CHURN, LISTING))

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.record import Rss
 from serving import uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +216,6 @@ class RssSampler:
         self._thread.join()
         self.samples.append(self.server.rss_kb())
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> Rss:
         mb = [s / 1024 for s in self.samples if s] or [0.0]
-        return {"start_mb": round(mb[0], 1), "end_mb": round(mb[-1], 1), "peak_mb": round(max(mb), 1)}
+        return Rss(start_mb=round(mb[0], 1), end_mb=round(mb[-1], 1), peak_mb=round(max(mb), 1))
