@@ -1,7 +1,8 @@
 """The invariant after each scenario: no slot has two live claims, and the counts add up.
 
-A live claim is a booking (CONFIRMED) or a HOLD whose `expires_at` is still ahead. On the file
-and PostgreSQL backends the database is asked directly; an in-memory SQLite database lives
+A live claim is what `booking.live_claim` says it is: a booking, or a hold not yet expired. On
+the file and PostgreSQL backends the database is asked directly, with that very expression over
+the `Hold` model (so `now` is bound as the service binds it); an in-memory SQLite database lives
 inside the server process, so there the API is asked instead: `GET /slots` joins each slot to
 its live claims, so a slot with two live claims would come back twice.
 """
@@ -11,13 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select
 
 from bench.seed import Api, Pool, engine_for
-
-LIVE = "status = 'CONFIRMED' OR (status = 'HOLD' AND expires_at > :now)"
-DOUBLE_CLAIMS = f"SELECT slot_id FROM holds WHERE {LIVE} GROUP BY slot_id HAVING count(*) > 1"
-LIVE_COUNT = f"SELECT count(*) FROM holds WHERE {LIVE}"
+from booking import live_claim
+from models import Hold
 
 
 class SqlChecker:
@@ -28,19 +27,13 @@ class SqlChecker:
     def __init__(self, url: str) -> None:
         self.engine: Engine = engine_for(url)
 
-    def _now(self) -> Any:
-        now = datetime.now(UTC)
-        if self.engine.dialect.name == "sqlite":
-            # SQLite keeps datetimes as naive UTC text in this one fixed form; compare like with like.
-            return now.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-        return now
-
     def snapshot(self) -> dict[str, Any]:
+        live = live_claim(datetime.now(UTC))
+        doubles = select(Hold.slot_id).where(live).group_by(Hold.slot_id).having(func.count() > 1)
         with self.engine.connect() as conn:
-            now = self._now()
-            doubles = [str(r[0]) for r in conn.execute(text(DOUBLE_CLAIMS), {"now": now})]
-            live = conn.execute(text(LIVE_COUNT), {"now": now}).scalar_one()
-        return {"double_claimed_slots": doubles, "live_claims": int(live)}
+            slots = [str(slot) for slot in conn.scalars(doubles)]
+            count = conn.execute(select(func.count()).select_from(Hold).where(live)).scalar_one()
+        return {"double_claimed_slots": slots, "live_claims": int(count)}
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,4 +1,4 @@
-"""Drive a server with wrk (C, event-driven) and a Lua script; return its figures as a dict.
+"""Drive a server with wrk (C, event-driven) and a Lua script; return its figures.
 
 One wrk thread: on this 2-core machine the server needs the other core more than wrk does, and
 one thread already saturates the bare FastAPI ceiling (measured in the same run).
@@ -10,6 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from bench.record import Figures, Latency
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 TIMEOUT_S = 10  # a request slower than this counts as a wrk timeout error
@@ -29,7 +31,7 @@ def wrk_version() -> str:
 
 def run_wrk(
     url: str, script: str, pool_file: Path, *, seconds: int, connections: int, threads: int = 1, **env: str
-) -> dict[str, Any]:
+) -> Figures:
     """Run wrk for `seconds` against `url` (127.0.0.1 only); return the script's BENCH_RESULT."""
     if not url.startswith("http://127.0.0.1:"):
         raise LoadGenError(f"refusing to load anything but 127.0.0.1: {url}")
@@ -53,9 +55,9 @@ def run_wrk(
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
             fig = _figures(json.loads(line.removeprefix("BENCH_RESULT ")))
-            fig["stuck_clients"] = max(0, round(connections - fig["clients_answered"]))
-            fig["stalled"] = fig["stalled"] or fig["clients_answered"] < 0.75 * connections
-            return fig
+            stuck = max(0, round(connections - fig["clients_answered"]))
+            stalled = fig.pop("stalled") or fig["clients_answered"] < 0.75 * connections
+            return Figures(**fig, stalled=stalled, stuck_clients=stuck)
     raise LoadGenError(f"wrk printed no result (exit {done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
 
 
@@ -85,13 +87,13 @@ def _figures(raw: dict[str, Any]) -> dict[str, Any]:
         "requests": int(raw["requests"]),
         "seconds": round(seconds, 3),
         "rps": round(raw["requests"] / seconds, 1) if seconds else 0.0,
-        "latency_ms": {
-            "p50": pct["50"] / 1000,
-            "p95": pct["95"] / 1000,
-            "p99": pct["99"] / 1000,
-            "max": raw["latency_us"]["max"] / 1000,
-            "mean": round(raw["latency_us"]["mean"] / 1000, 3),
-        },
+        "latency_ms": Latency(
+            p50=pct["50"] / 1000,
+            p95=pct["95"] / 1000,
+            p99=pct["99"] / 1000,
+            max=raw["latency_us"]["max"] / 1000,
+            mean=round(raw["latency_us"]["mean"] / 1000, 3),
+        ),
         "ok_2xx": ok,
         "conflict_409": expected_409,
         "server_5xx": server_5xx,

@@ -26,9 +26,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from bench import loadgen
-from bench.run import CHURN, FILE, HOT, LISTING, MEMORY, POSTGRES, RESULTS, WORKERS, Bench, _git_commit, parse_args
+from bench.record import CHURN, FILE, HOT, LISTING, MEMORY, POSTGRES, RESULTS
+from bench.run import git_commit, parse_args
 from bench.seed import engine_for, insert_history
 from bench.server import ROOT, Server
+from bench.suite import WORKERS, Bench
 
 # py-spy's raw frames read "function (path/relative/to/sys.path.py:line)". A sample's layer is the
 # first one its stack matches, from the innermost frame outwards.
@@ -234,11 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             timer.join()
         for spy_process in spies:
             spy_process.wait(timeout=a.seconds + 60)
-        print(f"project commit {_git_commit()}")
+        print(f"project commit {git_commit()}")
         print(
             f"{a.scenario} on {a.backend} ({WORKERS[a.backend]} worker(s)), {a.history:,} historical holds, "
-            f"{connections} connections: {fig['rps']} req/s, p50 {fig['latency_ms']['p50']} ms, "
-            f"p99 {fig['latency_ms']['p99']} ms, about {fig['stuck_clients']} clients never answered"
+            f"{connections} connections: {fig.rps} req/s, p50 {fig.latency_ms.p50} ms, "
+            f"p99 {fig.latency_ms.p99} ms, about {fig.stuck_clients} clients never answered"
             + ("" if a.dump else " (under py-spy, so slower than in bench.run)")
         )
         if not a.dump:

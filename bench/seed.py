@@ -12,6 +12,7 @@ import json
 import random
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,16 +20,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import Engine, create_engine, func, insert, select
+from sqlalchemy import Dialect, Engine, create_engine, func, insert, select
 from sqlalchemy.orm import Session
 
 import db
 import models
+from schemas import HoldStatus
 
 SLOT_MINUTES = 30
 LISTING_SLOTS = 48  # one room, one day of 30-minute slots: the "≈ 50 slots" listing
 HOT_SLOTS = 4
-HISTORY_STATUSES = ("EXPIRED", "RELEASED", "CANCELLED")
+HISTORY_STATUSES = tuple(s.value for s in (HoldStatus.EXPIRED, HoldStatus.RELEASED, HoldStatus.CANCELLED))
 
 
 class ApiError(RuntimeError):
@@ -220,11 +222,12 @@ def insert_history(url: str, pool: Pool, rows: int, *, batch: int = 100_000, see
         )
 
     sqlite = engine.dialect.name == "sqlite"
-    # Values are rendered once, in the exact form the service stores (SQLite: 32-hex UUIDs and
-    # naive-UTC "YYYY-MM-DD HH:MM:SS.ffffff" text; PostgreSQL: COPY text), then reused: rendering a
-    # million datetimes one by one costs more than inserting them.
-    ident = (lambda u: u.hex) if sqlite else str
-    moment = (lambda d: d.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")) if sqlite else datetime.isoformat
+    table = models.Hold.__table__
+    # Values are rendered once, by the model's own column types (SQLite: 32-hex UUIDs and naive-UTC
+    # text; PostgreSQL: values for COPY text), then reused: rendering a million datetimes one by one
+    # costs more than inserting them.
+    ident = _bound(table.c.id, engine.dialect)
+    moment = _bound(table.c.expires_at, engine.dialect)
 
     def times(created: datetime) -> tuple[str, str, str, str]:
         return (
@@ -242,7 +245,7 @@ def insert_history(url: str, pool: Pool, rows: int, *, batch: int = 100_000, see
         for sid, start in past_slots
         for _ in range(4)
     ]
-    columns = [c.name for c in models.Hold.__table__.columns]
+    columns = [c.name for c in table.columns]
 
     def batch_of(count: int) -> list[tuple[Any, ...]]:
         out = []
@@ -267,7 +270,6 @@ def insert_history(url: str, pool: Pool, rows: int, *, batch: int = 100_000, see
             out.append(tuple(values[c] for c in columns))
         return out
 
-    table = models.Hold.__table__
     if sqlite:
         sql = str(insert(table).compile(dialect=engine.dialect))  # INSERT INTO holds (...) VALUES (?, ...)
         with engine.connect() as conn:
@@ -291,6 +293,11 @@ def insert_history(url: str, pool: Pool, rows: int, *, batch: int = 100_000, see
     engine.dispose()
     seconds = (datetime.now(UTC) - started).total_seconds()
     return {"rows": rows, "past_slots": past_count, "holds_in_table": total, "seconds": round(seconds, 1)}
+
+
+def _bound(column: Any, dialect: Dialect) -> Callable[[Any], Any]:
+    """How `column`'s type hands a value to this dialect's driver (UTCDateTime: naive-UTC text on SQLite)."""
+    return column.type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
 
 
 def _copy_holds(engine: Engine, columns: list[str], batches: Any) -> None:

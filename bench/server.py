@@ -1,7 +1,9 @@
-"""Start uvicorn as users run it, watch its memory, and always stop it.
+"""Start uvicorn as users run it, watch its memory, and always stop it: for the benchmark and the tests.
 
-Each server runs in its own session (process group), so stopping it reaches the worker
-processes too; every server started is remembered and stopped at exit, even on errors.
+The one server starter: bench.suite runs the service and the ceiling app with it, and
+tests.server.running_server wraps it for the concurrency and stress tests. Each server runs in
+its own session (process group), so stopping it reaches the worker processes too; every server
+started is remembered and stopped at exit, even on errors.
 """
 
 import atexit
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.record import Rss
 from serving import uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,13 +79,14 @@ class Server:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    flags: tuple[str, ...] = ()  # after serving's own flags; uvicorn takes the last of a repeated option
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return uvicorn_command(self.app, self.port, self.workers)
+        return uvicorn_command(self.app, self.port, self.workers, *self.flags)
 
     def start(self, ready_path: str, timeout: float = 60) -> "Server":
         """Start and wait until every worker has started and `ready_path` answers 200."""
@@ -101,13 +105,16 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.app} exited at start-up; see {self.log_path}")
+                raise self._failed("exited at start-up")
             started = self.log_text().count("Application startup complete")
             if started >= self.workers and self._answers(ready_path):
                 return self
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.app} did not answer {ready_path} in {timeout}s; see {self.log_path}")
+                raise self._failed(f"did not answer {ready_path} in {timeout}s")
             time.sleep(0.1)
+
+    def _failed(self, what: str) -> RuntimeError:
+        return RuntimeError(f"{self.app} {what}; the end of its log ({self.log_path}):\n{self.log_text()[-3000:]}")
 
     def wait_answering(self, path: str, timeout: float) -> float | None:
         """Seconds until `path` answered 200 again (None if it did not within `timeout`)."""
@@ -158,15 +165,14 @@ class Server:
             return ""
 
     def stop(self, grace: float = 3) -> None:
-        """SIGTERM the whole process group, then SIGKILL whatever is left after `grace` seconds.
+        """SIGTERM uvicorn, which stops its workers, then SIGKILL the whole group after `grace` seconds.
 
         uvicorn's graceful shutdown waits for requests in flight, which a stalled server never finishes.
         """
         if self.process is None:
             return
         pgid = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+        self.process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace)
         with contextlib.suppress(ProcessLookupError):
@@ -210,6 +216,6 @@ class RssSampler:
         self._thread.join()
         self.samples.append(self.server.rss_kb())
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> Rss:
         mb = [s / 1024 for s in self.samples if s] or [0.0]
-        return {"start_mb": round(mb[0], 1), "end_mb": round(mb[-1], 1), "peak_mb": round(max(mb), 1)}
+        return Rss(start_mb=round(mb[0], 1), end_mb=round(mb[-1], 1), peak_mb=round(max(mb), 1))

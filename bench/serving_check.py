@@ -14,10 +14,10 @@ with plain wrk (one thread, 10 s each, 127.0.0.1 only):
 import importlib.util
 import re
 import subprocess
-import sys
-import time
+import tempfile
+from pathlib import Path
 
-from bench.server import ROOT, free_port, stop_all
+from bench.server import Server, stop_all
 from serving import UVICORN_FLAGS
 
 CASES = (
@@ -38,21 +38,18 @@ def _ms(text: str, label: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_case(path: str, clients: int, workers: int, flags: tuple[str, ...]) -> str:
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app", "--host", "127.0.0.1", "--port", str(port)]
-    command = [*command, "--no-access-log", "--log-level", "warning", "--workers", str(workers), *flags]
-    server = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+def run_case(path: str, clients: int, workers: int, flags: tuple[str, ...], logs: Path) -> str:
+    # `--http auto` first: a case that names no protocol gets uvicorn's default, not serving's.
+    server = Server("bench.ceiling_app:app", {}, workers, logs / "uvicorn.log", flags=("--http", "auto", *flags))
+    server.start("/ping")
     try:
-        time.sleep(3)  # workers up
-        url = f"http://127.0.0.1:{port}{path}"
+        url = f"{server.url}{path}"
         subprocess.run(["wrk", "-t1", f"-c{clients}", "-d2s", url], capture_output=True, check=True)  # warm-up
         out = subprocess.run(
             ["wrk", "-t1", f"-c{clients}", "-d10s", "--latency", url], capture_output=True, text=True, check=True
         ).stdout
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     timeouts = re.search(r"timeout (\d+)", out)
     return (
@@ -64,14 +61,15 @@ def run_case(path: str, clients: int, workers: int, flags: tuple[str, ...]) -> s
 def main() -> None:
     have_uvloop = importlib.util.find_spec("uvloop") is not None
     print(f"{'path':6} {'conn':>4} {'wk':>3}  {'uvicorn flags':42} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'>2s':>8}")
-    try:
-        for path, clients, workers, flags in CASES:
-            if "uvloop" in flags and not have_uvloop:
-                print(f"{path:6} {clients:>4} {workers:>3}  {' '.join(flags):42} skipped: uvloop not installed")
-                continue
-            print(run_case(path, clients, workers, flags), flush=True)
-    finally:
-        stop_all()
+    with tempfile.TemporaryDirectory(prefix="serving-check-") as logs:
+        try:
+            for path, clients, workers, flags in CASES:
+                if "uvloop" in flags and not have_uvloop:
+                    print(f"{path:6} {clients:>4} {workers:>3}  {' '.join(flags):42} skipped: uvloop not installed")
+                    continue
+                print(run_case(path, clients, workers, flags, Path(logs)), flush=True)
+        finally:
+            stop_all()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
-"""A real uvicorn server in a separate process, for concurrency and stress tests."""
+"""A real uvicorn server in a separate process, for concurrency and stress tests (bench/server.py starts it)."""
 
-import os
-import socket
-import subprocess
-import time
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,47 +9,22 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from serving import uvicorn_command
+from bench.server import Server
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SHUTDOWN_GRACE_SECONDS = 15  # time for uvicorn's graceful shutdown before the group is killed
 
 
 @contextmanager
 def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30) -> Iterator[str]:
     """Start `uvicorn main:app` with these settings; yield its base URL; stop it afterwards."""
-    port = free_port()
-    command = uvicorn_command("main:app", port, workers, "--log-level", "warning")
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{process.stdout.read() if process.stdout else ''}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become healthy in time")
-            time.sleep(0.1)
-        yield base_url
-    finally:
-        process.terminate()
+    with tempfile.TemporaryDirectory(prefix="test-server-") as tmp:
+        server = Server(app="main:app", env=env, workers=workers, log_path=Path(tmp) / "uvicorn.log")
         try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+            server.start("/health", timeout=timeout)
+            yield server.url
+        finally:
+            server.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        output = server.log_text()
     # A worker that crashed (e.g. in start-up migrations) is restarted by uvicorn and would
     # otherwise go unnoticed.
     assert "Traceback" not in output, f"the server logged an error:\n{output}"
