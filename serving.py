@@ -1,11 +1,11 @@
 """How uvicorn serves this app: `uvicorn main:app --loop asyncio --http serving:HttpProtocol`.
 
 - `--loop asyncio`: SQLite work runs on the event loop (db.Database.run), and uvloop starves
-  some connections of a loop kept busy like that (see docs/performance.md#serving-flags).
+  some connections of a loop kept busy like that (see docs/performance.md#asyncio-loop-instead-of-uvloop).
 - `--http serving:HttpProtocol`: uvicorn's httptools protocol with TCP_NODELAY set on every
   connection. With `--workers N` uvicorn binds the socket itself, and asyncio then skips
   TCP_NODELAY on accepted connections (the shared socket reports protocol 0), so a response's
-  header and body writes meet delayed ACKs (see docs/performance.md#serving-flags). uvloop sets
+  header and body writes meet delayed ACKs (see docs/performance.md#tcp_nodelay-on-every-connection). uvloop sets
   it itself; with asyncio this class does.
 """
 
