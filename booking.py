@@ -31,12 +31,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+import changelog
 from config import Settings
 from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
 from models import ACTIVE_STATUSES, Hold, Room, TimeSlot, UTCDateTime
 from pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
-from schemas import HoldPage, HoldRead, HoldStatus, SlotPage, SlotRead, SlotStatus
+from schemas import EventKind, HoldPage, HoldRead, HoldStatus, SlotPage, SlotRead, SlotStatus
 
 HOLD, CONFIRMED = HoldStatus.HOLD.value, HoldStatus.CONFIRMED.value
 RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED.value, HoldStatus.CANCELLED.value, HoldStatus.EXPIRED.value
@@ -128,6 +129,7 @@ _RETIRE_EXPIRED = (
     update(_holds)
     .where(_holds.c.slot_id == _SLOT_ID, _is_active(_holds.c), _holds.c.status == HOLD, _holds.c.expires_at <= _NOW)
     .values(status=EXPIRED, last_updated_date=_NOW)
+    .returning(*_holds.c)
 )
 
 
@@ -161,10 +163,27 @@ _CANCEL = _transition(
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
 
+# What each statement's written row tells the change log. Deleting a slot's dead holds is part
+# of deleting the slot, logged once as SLOT_DELETED by delete_slot.
+_EVENT_OF: dict[Any, EventKind | None] = {
+    _INSERT_HOLD: EventKind.HELD,
+    _RETIRE_EXPIRED: EventKind.LAPSED,
+    _CONFIRM: EventKind.CONFIRMED,
+    _RELEASE: EventKind.RELEASED,
+    _EXTEND: EventKind.EXTENDED,
+    _CANCEL: EventKind.CANCELLED,
+    _DELETE_DEAD_HOLDS: None,
+}
+
+
 def _write_holds(session: Session, statement: Any, **params: Any) -> Any:
-    """The one place a hold row is written: run one prebuilt statement, return the row it wrote."""
+    """The one place a hold row is written: run one prebuilt statement, log the change, return the row."""
+    kind = _EVENT_OF[statement]
     result = session.connection().execute(statement, {f"p_{name}": value for name, value in params.items()})
-    return result.first() if result.returns_rows else None
+    hold = result.first() if result.returns_rows else None
+    if hold is not None and kind is not None:
+        changelog.record_hold(session, kind, hold)
+    return hold
 
 
 # --- the lifecycle -------------------------------------------------------------------------------
@@ -397,18 +416,36 @@ def _slot_query(
     return stmt.order_by(TimeSlot.start_time, TimeSlot.id).limit(bindparam("p_limit"))
 
 
-def _slot_read(row: Any, viewer_id: uuid.UUID | None) -> SlotRead:
+def slot_status(row: Any, viewer_id: uuid.UUID | None, now: datetime) -> SlotStatus:
+    """A slot's status for this caller at `now`, from its row's claim_* columns.
+
+    The same rule as the listing's SQL CASE, judged again at `now`: a board that keeps a row
+    (the live stream) sees a hold lapse without reading the database again.
+    """
+    if row.claim_id is None or (row.claim_status == HOLD and row.claim_expires_at <= now):
+        return SlotStatus.AVAILABLE
+    if row.claim_status == CONFIRMED:
+        return SlotStatus.BOOKED
+    mine = viewer_id is not None and row.claim_user_id == viewer_id
+    return SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER
+
+
+def slot_read(row: Any, viewer_id: uuid.UUID | None, now: datetime) -> SlotRead:
+    """Render a slot row (with its claim_* columns) for this caller at `now`; no one else's ids."""
     # model_construct: every value comes typed from the database (UUID, aware UTC datetime,
     # a known status), so validating 50 rows again would only cost time.
-    mine = viewer_id is not None and row.claim_user_id == viewer_id
+    status = slot_status(row, viewer_id, now)
+    held = status in (SlotStatus.HELD_BY_ME, SlotStatus.HELD_BY_OTHER)
+    mine = status is SlotStatus.HELD_BY_ME or (status is SlotStatus.BOOKED and row.claim_user_id == viewer_id)
     return SlotRead.model_construct(
         id=row.id,
         room_id=row.room_id,
         start_time=row.start_time,
         end_time=row.end_time,
-        status=SlotStatus(row.status),
+        status=status,
         hold_id=row.claim_id if mine else None,
-        expires_at=row.claim_expires_at if mine and row.claim_status == HOLD else None,
+        expires_at=row.claim_expires_at if status is SlotStatus.HELD_BY_ME else None,
+        held_until=row.claim_expires_at if held else None,
         created_date=row.created_date,
         last_updated_date=row.last_updated_date,
     )
@@ -453,7 +490,7 @@ def list_slots(
             raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].start_time, page[-1].id) if len(rows) > limit else None
-    return SlotPage(items=[_slot_read(row, viewer_id) for row in page], next_cursor=next_cursor)
+    return SlotPage(items=[slot_read(row, viewer_id, now) for row in page], next_cursor=next_cursor)
 
 
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
@@ -462,19 +499,21 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
         row = _slot_and_claim(session, slot_id, now, viewer_id)
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
-    return _slot_read(row, viewer_id)
+    return slot_read(row, viewer_id, now)
 
 
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
     """Delete a slot and its dead hold history; 409 while it is held or booked."""
     try:
         with write_transaction(session) as now:
-            if session.get(TimeSlot, slot_id) is None:
+            slot = session.get(TimeSlot, slot_id)
+            if slot is None:
                 raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
                 raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.")
             _write_holds(session, _DELETE_DEAD_HOLDS, slot_id=slot_id, now=now)
             session.execute(TimeSlot.__table__.delete().where(TimeSlot.id == slot_id))
+            changelog.record(session, EventKind.SLOT_DELETED, slot_id, room_id=slot.room_id, starts_at=slot.start_time)
     except IntegrityError as exc:
         # A claim arrived between the check and the delete; the foreign key refused the delete.
         raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.") from exc

@@ -22,6 +22,19 @@ class HoldStatus(StrEnum):
     EXPIRED = "EXPIRED"
 
 
+class EventKind(StrEnum):
+    """What happened to a slot or its claim (the change log and a hold's history)."""
+
+    HELD = "HELD"
+    EXTENDED = "EXTENDED"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    CANCELLED = "CANCELLED"
+    LAPSED = "LAPSED"  # a hold whose time was up, retired when the slot was claimed again
+    SLOT_CREATED = "SLOT_CREATED"
+    SLOT_DELETED = "SLOT_DELETED"
+
+
 class SlotStatus(StrEnum):
     """A slot's state as seen by the caller."""
 
@@ -131,6 +144,9 @@ class SlotRead(BaseModel):
     status: SlotStatus
     hold_id: uuid.UUID | None = Field(None, description="The caller's own hold or booking on this slot")
     expires_at: datetime | None = Field(None, description="When the caller's own hold ends")
+    held_until: datetime | None = Field(
+        None, description="When the slot's live hold ends, whoever holds it (null when available or booked)"
+    )
     created_date: datetime
     last_updated_date: datetime
 
