@@ -8,6 +8,7 @@ level, the database refuses a second HOLD/CONFIRMED row for a slot.
 """
 
 import uuid
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NoReturn, Protocol
@@ -21,6 +22,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    func,
     insert,
     literal,
     literal_column,
@@ -37,7 +39,18 @@ from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
 from models import ACTIVE_STATUSES, Hold, Room, TimeSlot, UTCDateTime
 from pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
-from schemas import EventKind, HoldPage, HoldRead, HoldStatus, SlotPage, SlotRead, SlotStatus
+from schemas import (
+    EventKind,
+    HoldEvent,
+    HoldHistory,
+    HoldPage,
+    HoldRead,
+    HoldStatus,
+    SlotCounts,
+    SlotPage,
+    SlotRead,
+    SlotStatus,
+)
 
 HOLD, CONFIRMED = HoldStatus.HOLD.value, HoldStatus.CONFIRMED.value
 RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED.value, HoldStatus.CANCELLED.value, HoldStatus.EXPIRED.value
@@ -340,6 +353,24 @@ def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, 
     return hold_read(hold, now, settings)
 
 
+def hold_history(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID) -> HoldHistory:
+    """The caller's hold's transitions, oldest first, from the change log (as far as it is kept)."""
+    with read_transaction(session):
+        _owned_hold(session, hold_id, user_id)
+        events = changelog.hold_events(session, hold_id)
+    items = [
+        HoldEvent(
+            position=e.position,
+            event=EventKind(e.kind),
+            status=HoldStatus(e.status),
+            held_until=e.held_until,
+            at=e.occurred_at,
+        )
+        for e in events
+    ]
+    return HoldHistory(hold_id=hold_id, items=items)
+
+
 def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """One of the caller's holds, its status derived now."""
     with read_transaction(session) as now:
@@ -374,7 +405,14 @@ def list_holds(
 
 @lru_cache(maxsize=64)
 def _slot_query(
-    *, viewer: bool, room: bool = False, to: bool = False, status: bool = False, cursor: bool = False, one: bool = False
+    *,
+    viewer: bool,
+    room: bool = False,
+    to: bool = False,
+    status: bool = False,
+    cursor: bool = False,
+    one: bool = False,
+    ids: bool = False,
 ) -> Any:
     """The slot view for a caller, built once per combination of filters, with named parameters.
 
@@ -403,6 +441,8 @@ def _slot_query(
     ).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(_NOW, claim)))
     if one:
         return stmt.where(TimeSlot.id == _SLOT_ID)
+    if ids:
+        return stmt.where(TimeSlot.id.in_(bindparam("p_ids", expanding=True)))
     stmt = stmt.where(TimeSlot.start_time >= bindparam("p_from", type_=UTCDateTime))
     if room:
         stmt = stmt.where(TimeSlot.room_id == bindparam("p_room", type_=Uuid))
@@ -493,6 +533,35 @@ def list_slots(
     return SlotPage(items=[slot_read(row, viewer_id, now) for row in page], next_cursor=next_cursor)
 
 
+def slot_rows(
+    session: Session,
+    now: datetime,
+    *,
+    ids: Collection[uuid.UUID] | None = None,
+    room_id: uuid.UUID | None = None,
+    start_from: datetime | None = None,
+    start_to: datetime | None = None,
+    limit: int = 1,
+) -> Sequence[Any]:
+    """Slots with their live claim at `now` (claim_* columns, for `slot_read`), by ids or by range.
+
+    For the live board, which renders each row for many callers: the claim's owner is in the
+    row, so the caller-dependent status is decided in Python (`slot_status`), not in SQL.
+    """
+    if ids is not None:
+        stmt = _slot_query(viewer=False, ids=True)
+        return session.connection().execute(stmt, {"p_now": now, "p_ids": list(ids)}).all() if ids else []
+    stmt = _slot_query(viewer=False, room=room_id is not None, to=start_to is not None)
+    params = {
+        "p_now": now,
+        "p_from": start_from or now,
+        "p_room": room_id,
+        "p_to": start_to,
+        "p_limit": limit,
+    }
+    return session.connection().execute(stmt, params).all()
+
+
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
     """One slot with its status for the caller."""
     with read_transaction(session) as now:
@@ -500,6 +569,27 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
     return slot_read(row, viewer_id, now)
+
+
+def slot_counts(
+    session: Session, *, room_id: uuid.UUID | None, start_from: datetime, start_to: datetime
+) -> tuple[SlotCounts, datetime]:
+    """How many slots starting in [start_from, start_to) are available, held and booked now."""
+    claim = aliased(Hold)
+    with read_transaction(session) as now:
+        stmt = (
+            select(
+                func.count(TimeSlot.id),
+                func.count(case((claim.status == HOLD, 1))),
+                func.count(case((claim.status == CONFIRMED, 1))),
+            )
+            .outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
+            .where(TimeSlot.start_time >= start_from, TimeSlot.start_time < start_to)
+        )
+        if room_id is not None:
+            stmt = stmt.where(TimeSlot.room_id == room_id)
+        total, held, booked = session.execute(stmt).one()
+    return SlotCounts(available=total - held - booked, held=held, booked=booked), now
 
 
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:

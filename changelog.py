@@ -18,6 +18,7 @@ to `PRUNE_BATCH` of the oldest events once they are older than the retention.
 """
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -133,3 +134,9 @@ def head(session: Session) -> int:
 def oldest(session: Session) -> int | None:
     """The oldest position still kept, None for an empty log."""
     return session.scalar(select(func.min(_events.c.position)))
+
+
+def hold_events(session: Session, hold_id: uuid.UUID) -> Sequence[Any]:
+    """One hold's events, oldest first."""
+    stmt = select(_events).where(_events.c.hold_id == hold_id).order_by(_events.c.position)
+    return session.connection().execute(stmt).all()

@@ -14,7 +14,8 @@ from auth import TokenCache, issue_token, resolve_admin_token
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
-from routers import health, holds, rooms, slots, users
+from live import Hub
+from routers import health, holds, rooms, slots, stats, users
 
 
 def _start(app: FastAPI) -> None:
@@ -22,6 +23,7 @@ def _start(app: FastAPI) -> None:
     db = Database(settings)
     app.state.db = db
     app.state.tokens = TokenCache()
+    app.state.hub = Hub(db, settings)
     prepare_schema(db)
     with Session(db.engine, expire_on_commit=False) as session:
         app.state.admin_token = resolve_admin_token(session, settings, shared=not db.in_memory)
@@ -48,9 +50,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # More threads than database connections only adds threads that queue for a connection and
     # fight over the GIL on every hand-over, so one thread per connection keeps each useful.
     to_thread.current_default_thread_limiter().total_tokens = app.state.db.max_connections
+    app.state.hub.start()
     try:
         yield
     finally:
+        await app.state.hub.stop()
         app.state.db.dispose()
 
 
@@ -65,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (users, rooms, slots, holds, health):
+    for module in (users, rooms, slots, holds, health, stats):
         app.include_router(module.router)
     return app
 
