@@ -8,7 +8,7 @@ level, the database refuses a second HOLD/CONFIRMED row for a slot.
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -30,6 +30,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    func,
     insert,
     literal,
     literal_column,
@@ -41,12 +42,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
+import changelog
 from config import Settings
 from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
 from models import ACTIVE_STATUSES, Hold, HoldStatusString, Room, TimeSlot, UTCDateTime
 from pagination import DEFAULT_LIMIT, cut_page, decode_cursor, fetch_limit
-from schemas import HoldPage, HoldRead, HoldStatus, SlotPage, SlotRead, SlotStatus
+from schemas import (
+    EventKind,
+    HoldEvent,
+    HoldHistory,
+    HoldPage,
+    HoldRead,
+    HoldStatus,
+    SlotCounts,
+    SlotPage,
+    SlotRead,
+    SlotStatus,
+)
 
 HOLD, CONFIRMED = HoldStatus.HOLD, HoldStatus.CONFIRMED
 RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED, HoldStatus.CANCELLED, HoldStatus.EXPIRED
@@ -172,6 +185,7 @@ _RETIRE_EXPIRED = (
     update(_holds)
     .where(_holds.c.slot_id == _SLOT_ID, _is_active(_holds.c), _holds.c.status == HOLD, _holds.c.expires_at <= _NOW)
     .values(status=EXPIRED, last_updated_date=_NOW)
+    .returning(*_holds.c)
 )
 
 
@@ -189,10 +203,18 @@ def _transition_statement(*rule: ColumnElement[bool], **values: object) -> Updat
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
 
-def _write_holds(session: Session, statement: Insert | Update | Delete, **params: object) -> Row[Any] | None:
-    """The one place a hold row is written: run one prebuilt statement, return the row it wrote."""
+def _write_holds(
+    session: Session, statement: Insert | Update | Delete, event: EventKind | None, **params: object
+) -> Row[Any] | None:
+    """The one place a hold row is written: run one prebuilt statement, log the change as `event`, return the row.
+
+    `event` is None only for deleting a slot's dead holds, logged once as the slot's SLOT_DELETED.
+    """
     result = session.connection().execute(statement, {f"p_{name}": value for name, value in params.items()})
-    return result.first() if result.returns_rows else None
+    hold = result.first() if result.returns_rows else None
+    if hold is not None and event is not None:
+        changelog.record_hold(session, event, hold)
+    return hold
 
 
 # --- the lifecycle -------------------------------------------------------------------------------
@@ -207,10 +229,11 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
         _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
     try:
         with write_transaction(session) as now:
-            _write_holds(session, _RETIRE_EXPIRED, slot_id=slot_id, now=now)
+            _write_holds(session, _RETIRE_EXPIRED, EventKind.LAPSED, slot_id=slot_id, now=now)
             hold = _write_holds(
                 session,
                 _INSERT_HOLD,
+                EventKind.HELD,
                 hold_id=uuid.uuid4(),
                 slot_id=slot_id,
                 user_id=user_id,
@@ -296,6 +319,7 @@ class _Transition:
     """
 
     statement: Update
+    event: EventKind
     explain: Callable[[HoldFields, datetime, Settings], None]
     params: Callable[[datetime, Settings], dict[str, object]] = field(default=_no_params)
 
@@ -304,7 +328,7 @@ class _Transition:
         with write_transaction(session) as now:
             params = self.params(now, settings)
             hold: HoldFields | None = _write_holds(
-                session, self.statement, hold_id=hold_id, user_id=user_id, now=now, **params
+                session, self.statement, self.event, hold_id=hold_id, user_id=user_id, now=now, **params
             )
             if hold is None:
                 hold = _owned_hold(session, hold_id, user_id)
@@ -353,9 +377,10 @@ def _extension(now: datetime, settings: Settings) -> dict[str, object]:
 _LIVE_HOLD = (_holds.c.status == HOLD, _holds.c.expires_at > _NOW)
 _CONFIRM = _Transition(
     _transition_statement(*_LIVE_HOLD, status=CONFIRMED, confirmed_at=_NOW),
+    EventKind.CONFIRMED,
     _why_not_confirmed,
 )
-_RELEASE = _Transition(_transition_statement(*_LIVE_HOLD, status=RELEASED), _why_not_released)
+_RELEASE = _Transition(_transition_statement(*_LIVE_HOLD, status=RELEASED), EventKind.RELEASED, _why_not_released)
 _EXTEND = _Transition(
     _transition_statement(
         *_LIVE_HOLD,
@@ -363,6 +388,7 @@ _EXTEND = _Transition(
         expires_at=bindparam("p_new_expires_at", type_=UTCDateTime),
         extension_count=_holds.c.extension_count + 1,
     ),
+    EventKind.EXTENDED,
     _why_not_extended,
     _extension,
 )
@@ -372,6 +398,7 @@ _CANCEL = _Transition(
         exists().where(TimeSlot.id == _holds.c.slot_id, TimeSlot.start_time > _NOW),
         status=CANCELLED,
     ),
+    EventKind.CANCELLED,
     _why_not_cancelled,
 )
 
@@ -402,6 +429,24 @@ def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, set
 def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
     return _CANCEL.apply(session, hold_id, user_id, settings)
+
+
+def hold_history(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID) -> HoldHistory:
+    """The caller's hold's transitions, oldest first, from the change log (as far as it is kept)."""
+    with read_transaction(session):
+        _owned_hold(session, hold_id, user_id)
+        events = changelog.hold_events(session, hold_id)
+    items = [
+        HoldEvent(
+            position=e.position,
+            event=EventKind(e.kind),
+            status=HoldStatus(e.status),
+            held_until=e.held_until,
+            at=e.occurred_at,
+        )
+        for e in events
+    ]
+    return HoldHistory(hold_id=hold_id, items=items)
 
 
 def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
@@ -438,7 +483,14 @@ def list_holds(
 
 @lru_cache(maxsize=64)
 def _slot_query(
-    *, viewer: bool, room: bool = False, to: bool = False, status: bool = False, cursor: bool = False, one: bool = False
+    *,
+    viewer: bool,
+    room: bool = False,
+    to: bool = False,
+    status: bool = False,
+    cursor: bool = False,
+    one: bool = False,
+    ids: bool = False,
 ) -> Select[Any]:
     """The slot view for a caller, built once per combination of filters, with named parameters.
 
@@ -467,6 +519,8 @@ def _slot_query(
     ).outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(_NOW, claim)))
     if one:
         return stmt.where(TimeSlot.id == _SLOT_ID)
+    if ids:
+        return stmt.where(TimeSlot.id.in_(bindparam("p_ids", expanding=True)))
     stmt = stmt.where(TimeSlot.start_time >= bindparam("p_from", type_=UTCDateTime))
     if room:
         stmt = stmt.where(TimeSlot.room_id == bindparam("p_room", type_=Uuid))
@@ -497,6 +551,7 @@ def slot_read(
     *,
     hold_id: uuid.UUID | None = None,
     expires_at: datetime | None = None,
+    held_until: datetime | None = None,
 ) -> SlotRead:
     """Render a slot for the API with its status for the caller (and the caller's own claim)."""
     # model_construct: every value comes typed from the database (UUID, aware UTC datetime,
@@ -509,18 +564,37 @@ def slot_read(
         status=status,
         hold_id=hold_id,
         expires_at=expires_at,
+        held_until=held_until,
         created_date=slot.created_date,
         last_updated_date=slot.last_updated_date,
     )
 
 
-def _slot_view(row: Row[Any], viewer_id: uuid.UUID | None) -> SlotRead:
+def slot_status(row: Row[Any], viewer_id: uuid.UUID | None, now: datetime) -> SlotStatus:
+    """A slot's status for this caller at `now`, from its row's claim_* columns.
+
+    The same rule as the listing's SQL CASE, judged again at `now`: a board that keeps a row
+    (the live stream) sees a hold lapse without reading the database again.
+    """
+    if row.claim_id is None or (row.claim_status == HOLD and row.claim_expires_at <= now):
+        return SlotStatus.AVAILABLE
+    if row.claim_status == CONFIRMED:
+        return SlotStatus.BOOKED
     mine = viewer_id is not None and row.claim_user_id == viewer_id
+    return SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER
+
+
+def slot_view(row: Row[Any], viewer_id: uuid.UUID | None, now: datetime) -> SlotRead:
+    """A slot row of the slot view as this caller sees it at `now`: no one else's ids."""
+    status = slot_status(row, viewer_id, now)
+    held = status in (SlotStatus.HELD_BY_ME, SlotStatus.HELD_BY_OTHER)
+    mine = status is SlotStatus.HELD_BY_ME or (status is SlotStatus.BOOKED and row.claim_user_id == viewer_id)
     return slot_read(
         row,
-        SlotStatus(row.status),
+        status,
         hold_id=row.claim_id if mine else None,
-        expires_at=row.claim_expires_at if mine and row.claim_status == HOLD else None,
+        expires_at=row.claim_expires_at if status is SlotStatus.HELD_BY_ME else None,
+        held_until=row.claim_expires_at if held else None,
     )
 
 
@@ -562,7 +636,36 @@ def list_slots(
         if not rows and room_id is not None and session.get(Room, room_id) is None:
             raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
     page, next_cursor = cut_page(rows, limit, lambda row: (row.start_time, row.id))
-    return SlotPage(items=[_slot_view(row, viewer_id) for row in page], next_cursor=next_cursor)
+    return SlotPage(items=[slot_view(row, viewer_id, now) for row in page], next_cursor=next_cursor)
+
+
+def slot_rows(
+    session: Session,
+    now: datetime,
+    *,
+    ids: Collection[uuid.UUID] | None = None,
+    room_id: uuid.UUID | None = None,
+    start_from: datetime | None = None,
+    start_to: datetime | None = None,
+    limit: int = 1,
+) -> Sequence[Row[Any]]:
+    """Slots with their live claim at `now` (claim_* columns, for `slot_read`), by ids or by range.
+
+    For the live board, which renders each row for many callers: the claim's owner is in the
+    row, so the caller-dependent status is decided in Python (`slot_status`), not in SQL.
+    """
+    if ids is not None:
+        stmt = _slot_query(viewer=False, ids=True)
+        return session.connection().execute(stmt, {"p_now": now, "p_ids": list(ids)}).all() if ids else []
+    stmt = _slot_query(viewer=False, room=room_id is not None, to=start_to is not None)
+    params = {
+        "p_now": now,
+        "p_from": start_from or now,
+        "p_room": room_id,
+        "p_to": start_to,
+        "p_limit": limit,
+    }
+    return session.connection().execute(stmt, params).all()
 
 
 def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | None) -> SlotRead:
@@ -571,19 +674,42 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
         row = _slot_and_claim(session, slot_id, now, viewer_id)
     if row is None:
         raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
-    return _slot_view(row, viewer_id)
+    return slot_view(row, viewer_id, now)
+
+
+def slot_counts(
+    session: Session, *, room_id: uuid.UUID | None, start_from: datetime, start_to: datetime
+) -> tuple[SlotCounts, datetime]:
+    """How many slots starting in [start_from, start_to) are available, held and booked now."""
+    claim = aliased(Hold)
+    with read_transaction(session) as now:
+        stmt = (
+            select(
+                func.count(TimeSlot.id),
+                func.count(case((claim.status == HOLD, 1))),
+                func.count(case((claim.status == CONFIRMED, 1))),
+            )
+            .outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
+            .where(TimeSlot.start_time >= start_from, TimeSlot.start_time < start_to)
+        )
+        if room_id is not None:
+            stmt = stmt.where(TimeSlot.room_id == room_id)
+        total, held, booked = session.execute(stmt).one()
+    return SlotCounts(available=total - held - booked, held=held, booked=booked), now
 
 
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
     """Delete a slot and its dead hold history; 409 while it is held or booked."""
     try:
         with write_transaction(session) as now:
-            if session.get(TimeSlot, slot_id) is None:
+            slot = session.get(TimeSlot, slot_id)
+            if slot is None:
                 raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
                 raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.")
-            _write_holds(session, _DELETE_DEAD_HOLDS, slot_id=slot_id, now=now)
+            _write_holds(session, _DELETE_DEAD_HOLDS, None, slot_id=slot_id, now=now)
             session.execute(delete(_time_slots).where(TimeSlot.id == slot_id))
+            changelog.record(session, EventKind.SLOT_DELETED, slot_id, room_id=slot.room_id, starts_at=slot.start_time)
     except IntegrityError as exc:
         # A claim arrived between the check and the delete; the foreign key refused the delete.
         raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.") from exc

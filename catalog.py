@@ -6,12 +6,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import changelog
 from booking import slot_read
 from clock import utc_now
 from db import read_transaction, write_transaction
 from errors import Conflict, InvalidInput, NotFound
 from models import Room, TimeSlot
-from schemas import RoomCreate, SlotCreate, SlotRead, SlotStatus
+from schemas import EventKind, RoomCreate, SlotCreate, SlotRead, SlotStatus
 
 
 def create_room(session: Session, data: RoomCreate) -> Room:
@@ -58,4 +59,6 @@ def create_slot(session: Session, room_id: uuid.UUID, data: SlotCreate) -> SlotR
             raise Conflict("SLOT_OVERLAP", "The slot overlaps another slot of this room.", overlapping_slot_id=overlap)
         slot = TimeSlot(room_id=room_id, start_time=data.start_time, end_time=data.end_time)
         session.add(slot)
+        session.flush()
+        changelog.record(session, EventKind.SLOT_CREATED, slot.id)
     return slot_read(slot, SlotStatus.AVAILABLE)

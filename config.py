@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
+    # The change log (live board, hold histories): events older than this are pruned by writes.
+    event_retention_seconds: int = Field(7 * 86_400, ge=60)
+    # Live stream: heartbeat comment interval; how often a SQLite file is checked for other
+    # processes' writes (PostgreSQL is woken by NOTIFY and checks this often as a safety net x20).
+    stream_heartbeat_seconds: float = Field(15.0, gt=0)
+    stream_poll_seconds: float = Field(0.05, gt=0)
 
 
 @lru_cache

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
+import changelog
 from clock import utc_now
 from config import Settings
 from models import Base, Room, TimeSlot, User
@@ -89,6 +90,9 @@ class Database:
         # the write lock, this worker waits (up to SQLITE_BUSY_TIMEOUT_SECONDS, then 503) and
         # answers nothing else. PostgreSQL waits on the network: one worker-thread call.
         self.on_event_loop = self.backend == "sqlite"
+        self.event_retention = timedelta(seconds=settings.event_retention_seconds)
+        # Called after a commit that appended to the change log (the live board's local wake-up).
+        self.on_log_written: Callable[[], None] | None = None
 
     def _memory_sqlite_engine(self, settings: Settings) -> Engine:
         # One named shared-cache database per Database object, reached through one pooled
@@ -151,8 +155,12 @@ class Database:
         return await to_thread.run_sync(self._run, work)
 
     def _run(self, work: Callable[[Session], T]) -> T:
-        with Session(self.engine, expire_on_commit=False) as session:
-            return work(session)
+        with Session(self.engine, expire_on_commit=False, info={changelog.RETENTION: self.event_retention}) as session:
+            try:
+                return work(session)
+            finally:
+                if session.info.pop(changelog.WRITTEN, False) and self.on_log_written is not None:
+                    self.on_log_written()
 
 
 def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
@@ -192,9 +200,12 @@ def write_transaction(session: Session) -> Iterator[datetime]:
         session.commit()
     session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
-        yield utc_now()
+        now = utc_now()
+        yield now
+        changelog.flush(session, now)  # the change log, in the change's own transaction
         session.commit()
     except BaseException:
+        changelog.discard(session)
         session.rollback()
         raise
 

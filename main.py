@@ -15,7 +15,8 @@ from auth import issue_token, resolve_admin_token
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
-from routers import health, holds, rooms, slots, users
+from live import Hub
+from routers import health, holds, rooms, slots, stats, users
 from state import AppState
 from tokens import TokenCache
 
@@ -30,12 +31,12 @@ def _start(settings: Settings) -> AppState:
             for user in seed_demo_data(session):
                 lines.append(f"booking: demo user {user.handle} ({user.id}) token: {issue_token(session, user.id)}")
     print("\n".join(lines), flush=True)
-    return AppState(settings=settings, db=db, tokens=TokenCache(), admin_token=admin_token)
+    return AppState(settings=settings, db=db, tokens=TokenCache(), admin_token=admin_token, hub=Hub(db, settings))
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
-    """Open the database (schema, demo data) on start-up; close its connections on shutdown."""
+    """Open the database (schema, demo data) and the live hub on start-up; close both on shutdown."""
     # Start-up's database work (migrations, seeding) can wait on locks: a thread, not the loop.
     state = await run_in_threadpool(_start, settings)
     app.state = state
@@ -49,9 +50,11 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     # PostgreSQL work runs in AnyIO's thread pool, one call per request; one thread per database
     # connection keeps each useful (see docs/performance.md#thread-pool-sizing).
     to_thread.current_default_thread_limiter().total_tokens = state.db.max_connections
+    state.hub.start()
     try:
         yield
     finally:
+        await state.hub.stop()
         state.db.dispose()
 
 
@@ -65,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=partial(lifespan, settings=settings),
     )
     install_error_handlers(app)
-    for module in (users, rooms, slots, holds, health):
+    for module in (users, rooms, slots, holds, health, stats):
         app.include_router(module.router)
     return app
 

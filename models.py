@@ -5,11 +5,13 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     TypeDecorator,
@@ -19,7 +21,7 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clock import utc_now
-from schemas import HoldStatus
+from schemas import EventKind, HoldStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -32,6 +34,7 @@ NAMING_CONVENTION = {
 # Rows in these states take part in the one-live-claim-per-slot unique index.
 ACTIVE_STATUSES = (HoldStatus.HOLD, HoldStatus.CONFIRMED)
 ACTIVE_PREDICATE = "status IN ('HOLD', 'CONFIRMED')"
+EVENT_KINDS_SQL = ", ".join(f"'{kind.value}'" for kind in EventKind)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -73,9 +76,17 @@ class HoldStatusString(TypeDecorator[HoldStatus]):
         return None if value is None else HoldStatus(value)
 
 
-class Base(DeclarativeBase):
+class Table(DeclarativeBase):
+    """Every table: one metadata with stable constraint names; datetimes are UTCDateTime."""
+
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[type, type[UTCDateTime]]] = {datetime: UTCDateTime}
+
+
+class Base(Table):
+    """An entity: a UUID id and its created / last-updated times."""
+
+    __abstract__ = True
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     created_date: Mapped[datetime] = mapped_column(default=utc_now)
@@ -168,3 +179,35 @@ class ServiceSecret(Base):
 
     name: Mapped[str] = mapped_column(String(64), unique=True)
     value: Mapped[str] = mapped_column(String(200))
+
+
+class SlotEvent(Table):
+    """One committed change to a slot or its claim: the change log behind the live board.
+
+    Written by `changelog.flush` in the transaction of the change itself, so a rolled-back
+    change leaves no event. `position` only grows, and on PostgreSQL positions are taken in
+    commit order (see changelog.py), so a reader that has seen position N has seen every
+    committed event before it. No foreign keys: a deleted slot's events outlive it.
+    """
+
+    __tablename__ = "slot_events"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({EVENT_KINDS_SQL})", name="kind_known"),
+        Index("ix_slot_events_hold_id", "hold_id"),
+        # AUTOINCREMENT: SQLite must never reuse a position, even after pruning empties the table.
+        {"sqlite_autoincrement": True},
+    )
+
+    position: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    slot_id: Mapped[uuid.UUID]
+    room_id: Mapped[uuid.UUID]
+    # The slot's start, so a subscriber's time range filters even a deleted slot's event.
+    starts_at: Mapped[datetime]
+    hold_id: Mapped[uuid.UUID | None]
+    # The claim's owner: internal, never shown to anyone but that owner.
+    user_id: Mapped[uuid.UUID | None]
+    # The hold's status after the change (None for slot events).
+    status: Mapped[str | None] = mapped_column(String(16))
+    held_until: Mapped[datetime | None]
+    occurred_at: Mapped[datetime]

@@ -2,7 +2,7 @@
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -19,6 +19,19 @@ class HoldStatus(StrEnum):
     RELEASED = "RELEASED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+
+
+class EventKind(StrEnum):
+    """What happened to a slot or its claim (the change log and a hold's history)."""
+
+    HELD = "HELD"
+    EXTENDED = "EXTENDED"
+    CONFIRMED = "CONFIRMED"
+    RELEASED = "RELEASED"
+    CANCELLED = "CANCELLED"
+    LAPSED = "LAPSED"  # a hold whose time was up, retired when the slot was claimed again
+    SLOT_CREATED = "SLOT_CREATED"
+    SLOT_DELETED = "SLOT_DELETED"
 
 
 class SlotStatus(StrEnum):
@@ -130,6 +143,9 @@ class SlotRead(BaseModel):
     status: SlotStatus
     hold_id: uuid.UUID | None = Field(None, description="The caller's own hold or booking on this slot")
     expires_at: datetime | None = Field(None, description="When the caller's own hold ends")
+    held_until: datetime | None = Field(
+        None, description="When the slot's live hold ends, whoever holds it (null when available or booked)"
+    )
     created_date: datetime
     last_updated_date: datetime
 
@@ -159,6 +175,34 @@ class HoldRead(BaseModel):
     extensions_left: int
     created_date: datetime
     last_updated_date: datetime
+
+
+class HoldEvent(BaseModel):
+    position: int = Field(description="The change log position (the live stream's event id)")
+    event: EventKind
+    status: HoldStatus = Field(description="The hold's status after this transition")
+    held_until: datetime | None = Field(description="When the hold ends, while it is a live hold")
+    at: datetime
+
+
+class HoldHistory(BaseModel):
+    hold_id: uuid.UUID
+    items: list[HoldEvent]
+
+
+class SlotCounts(BaseModel):
+    available: int
+    held: int
+    booked: int
+
+
+class Stats(BaseModel):
+    room_id: uuid.UUID | None
+    day: date
+    slots: SlotCounts = Field(description="Slots of the room (all rooms if none given) starting that day (UTC)")
+    live_holds: int = Field(description="Unexpired, unconfirmed holds on those slots")
+    bookings: int = Field(description="Confirmed bookings on those slots")
+    open_streams: int = Field(description="Live streams open on the worker that answered")
 
 
 class HoldPage(BaseModel):

@@ -8,12 +8,13 @@ from starlette.datastructures import State
 
 from config import Settings
 from db import Database
+from live import Hub
 from tokens import TokenCache
 
 
 @dataclass(frozen=True, eq=False)
 class AppState(State):
-    """The running app's settings, database, token cache and admin token; fixed once start-up is done.
+    """The running app's settings, database, token cache, admin token and live hub; fixed once start-up is done.
 
     A Starlette `State`, so it can stand as `app.state` itself (tests reach `app.state.db`).
     """
@@ -22,6 +23,7 @@ class AppState(State):
     db: Database
     tokens: TokenCache
     admin_token: str = field(repr=False)
+    hub: Hub
 
     def __post_init__(self) -> None:
         State.__init__(self)  # the backing store Starlette's State falls back to; stays empty
@@ -43,5 +45,10 @@ async def _database(request: Request) -> Database:
     return app_state(request).db
 
 
+async def _hub(request: Request) -> Hub:
+    return app_state(request).hub
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
+HubDep = Annotated[Hub, Depends(_hub)]
 DatabaseDep = Annotated[Database, Depends(_database)]

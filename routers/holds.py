@@ -13,7 +13,7 @@ from db import Database
 from errors import problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
-from schemas import HoldAction, HoldCreate, HoldPage, HoldRead, HoldStatus
+from schemas import HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldStatus
 from state import DatabaseDep, SettingsDep
 
 router = APIRouter(prefix="/holds", tags=["holds"])
@@ -52,6 +52,13 @@ async def get_hold(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, 
     """One of the caller's holds, with its status derived now."""
     hold = await db.run(lambda session: booking.get_hold(session, hold_id=hold_id, user_id=user_id, settings=settings))
     return json_response(hold)
+
+
+@router.get("/{hold_id}/history", response_model=HoldHistory, responses=problem_schema(401, 403, 404, 422))
+async def hold_history(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep) -> Response:
+    """The caller's hold's transitions with their times, oldest first (kept EVENT_RETENTION_SECONDS)."""
+    history = await db.run(lambda session: booking.hold_history(session, hold_id=hold_id, user_id=user_id))
+    return json_response(history)
 
 
 async def _act(

@@ -3,16 +3,19 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
+from sse_starlette import EventSourceResponse
 
 import booking
+import live
 from auth import AdminDep, ViewerId, ensure_acting_user
+from clock import utc_now
 from errors import Unauthenticated, problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
 from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime
-from state import DatabaseDep
+from state import DatabaseDep, HubDep
 
 router = APIRouter(prefix="/slots", tags=["slots"])
 
@@ -59,6 +62,42 @@ async def list_slots(
         )
 
     return json_response(await db.run(work))
+
+
+@router.get(
+    "/stream",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "Server-Sent Events: `snapshot`, then `slot` and `slot_deleted` per change",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_schema(401, 403, 404, 422),
+    },
+)
+async def stream_slots(
+    viewer: ViewerId,
+    hub: HubDep,
+    room_id: uuid.UUID | None = None,
+    start_from: Annotated[
+        UtcDatetime | None, Query(alias="from", description="Slots starting at or after this (default: now)")
+    ] = None,
+    start_to: Annotated[UtcDatetime | None, Query(alias="to", description="Slots starting before this")] = None,
+    user_id: UserIdQuery = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event id (sent by EventSource)")
+    ] = None,
+) -> EventSourceResponse:
+    """Live board: the slots of GET /slots (at most 1,000) as a snapshot, then every change as it commits."""
+    viewer_id = _viewer(viewer, user_id)
+    scope = live.Range(room_id, start_from or utc_now(), start_to)
+    events = await live.open_events(hub, scope, viewer_id, live.parse_last_event_id(last_event_id))
+    return EventSourceResponse(
+        events,
+        ping=hub.heartbeat_seconds,
+        send_timeout=live.SEND_TIMEOUT_SECONDS,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.get("/{slot_id}", response_model=SlotRead, responses=problem_schema(401, 403, 404, 422))

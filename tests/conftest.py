@@ -24,7 +24,7 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 # TEST_POSTGRES_URLs can run their suites side by side on one server.
 POSTGRES_DB = make_url(POSTGRES_URL).database or "booking_test"
 REQUIRE_POSTGRES = os.environ.get("BOOKING_REQUIRE_POSTGRES") == "1"
-TABLES = "holds, api_tokens, time_slots, rooms, users, service_secrets"
+TABLES = "slot_events, holds, api_tokens, time_slots, rooms, users, service_secrets"
 
 
 def _postgres_unavailable(reason: str) -> None:
@@ -51,7 +51,8 @@ def postgres_engine() -> Iterator[Engine]:
     engine.dispose()
 
 
-def _empty_postgres(engine: Engine) -> None:
+def empty_postgres(engine: Engine) -> None:
+    """Remove every row from the PostgreSQL test database (if its tables exist yet)."""
     with engine.begin() as conn:
         exists = conn.scalar(text("SELECT to_regclass('public.holds') IS NOT NULL"))
         if exists:
@@ -70,7 +71,7 @@ def database_url(backend: str, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return "sqlite:///:memory:"
     engine = request.getfixturevalue("postgres_engine")
-    _empty_postgres(engine)
+    empty_postgres(engine)
     return POSTGRES_URL
 
 

@@ -1,0 +1,144 @@
+"""The change log: one `slot_events` row per committed change to a slot or its claim.
+
+Writers record what they changed (`record`) as they change it; `db.write_transaction` then
+appends the events (`flush`) as the last statements of the same transaction, just before
+COMMIT, so a change and its event commit or roll back together.
+
+Positions in commit order. A PostgreSQL sequence hands out values before commit, so without
+care a transaction holding position 10 could commit after the one holding 11, and a reader
+that had already moved past 11 would never see 10. Every appending transaction therefore
+takes one transaction-scoped advisory lock right before it draws its positions and holds it
+until its COMMIT is visible: positions are drawn, and become visible, in commit order. The
+lock is taken after all of the transaction's row locks (events are appended last), so it
+cannot take part in a deadlock, and it is held only for the append and the commit. SQLite
+has one writer at a time, which gives the same order for free.
+
+The log stays bounded without a background job: every appending transaction also deletes up
+to `PRUNE_BATCH` of the oldest events once they are older than the retention.
+"""
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, bindparam, delete, func, insert, literal_column, select, text
+from sqlalchemy.orm import Session
+
+from models import SlotEvent, TimeSlot, UTCDateTime
+from schemas import EventKind
+
+# session.info keys: the events recorded by the open transaction, and whether a commit wrote any.
+PENDING = "changelog.pending"
+WRITTEN = "changelog.written"
+RETENTION = "changelog.retention"
+
+DEFAULT_RETENTION = timedelta(days=7)
+# Pruned per appending transaction: several times the events one transaction appends, so
+# pruning outpaces writing, while each write's extra work stays a few index entries.
+PRUNE_BATCH = 8
+# Any fixed number: the advisory lock that orders appends (PostgreSQL).
+_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(7240002)")
+NOTIFY_CHANNEL = "booking_slot_events"
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+assert isinstance(SlotEvent.__table__, Table)
+_events: Table = SlotEvent.__table__
+_SLOT = bindparam("slot_id", type_=SlotEvent.slot_id.type)
+# The slot's room and start come from the slot row, unless given (a deleted slot has none).
+_INSERT = insert(_events).values(
+    kind=bindparam("kind"),
+    slot_id=_SLOT,
+    room_id=func.coalesce(
+        bindparam("room_id", type_=SlotEvent.room_id.type),
+        select(TimeSlot.room_id).where(TimeSlot.id == _SLOT).scalar_subquery(),
+    ),
+    starts_at=func.coalesce(
+        bindparam("starts_at", type_=UTCDateTime),
+        select(TimeSlot.start_time).where(TimeSlot.id == _SLOT).scalar_subquery(),
+    ),
+    hold_id=bindparam("hold_id", type_=SlotEvent.hold_id.type),
+    user_id=bindparam("user_id", type_=SlotEvent.user_id.type),
+    status=bindparam("status"),
+    held_until=bindparam("held_until", type_=UTCDateTime),
+    occurred_at=bindparam("occurred_at", type_=UTCDateTime),
+)
+_oldest = select(func.min(_events.c.position)).scalar_subquery()
+_PRUNE = delete(_events).where(
+    _events.c.position < _oldest + literal_column(str(PRUNE_BATCH)),
+    _events.c.occurred_at < bindparam("cutoff", type_=UTCDateTime),
+)
+
+
+def record(
+    session: Session,
+    kind: EventKind,
+    slot_id: uuid.UUID,
+    *,
+    hold_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+    status: str | None = None,
+    held_until: datetime | None = None,
+    room_id: uuid.UUID | None = None,
+    starts_at: datetime | None = None,
+) -> None:
+    """Note a change made in the open write transaction; it is appended when that transaction commits."""
+    event = {
+        "kind": kind.value,
+        "slot_id": slot_id,
+        "room_id": room_id,
+        "starts_at": starts_at,
+        "hold_id": hold_id,
+        "user_id": user_id,
+        "status": status,
+        "held_until": held_until,
+    }
+    session.info.setdefault(PENDING, []).append(event)
+
+
+def record_hold(session: Session, kind: EventKind, hold: Any) -> None:
+    """Note a change to a hold row (a RETURNING row or ORM object), in its state after the change."""
+    held_until = hold.expires_at if hold.status == "HOLD" else None
+    record(
+        session, kind, hold.slot_id, hold_id=hold.id, user_id=hold.user_id, status=hold.status, held_until=held_until
+    )
+
+
+def discard(session: Session) -> None:
+    """Forget the events of a transaction that is rolling back."""
+    session.info.pop(PENDING, None)
+
+
+def flush(session: Session, now: datetime) -> None:
+    """Append the transaction's recorded events, in its last statements before COMMIT."""
+    pending: list[dict[str, Any]] | None = session.info.pop(PENDING, None)
+    if not pending:
+        return
+    connection = session.connection()
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
+        connection.execute(_APPEND_LOCK)
+    connection.execute(_INSERT, [{**event, "occurred_at": now} for event in pending])
+    retention: timedelta = session.info.get(RETENTION, DEFAULT_RETENTION)
+    connection.execute(_PRUNE, {"cutoff": now - retention})
+    if postgres:
+        # Delivered at COMMIT, to every worker and host listening; only a wake-up, the log is the truth.
+        connection.execute(_NOTIFY)
+    session.info[WRITTEN] = True
+
+
+def head(session: Session) -> int:
+    """The newest position (0 for an empty log)."""
+    return session.scalar(select(func.coalesce(func.max(_events.c.position), 0))) or 0
+
+
+def oldest(session: Session) -> int | None:
+    """The oldest position still kept, None for an empty log."""
+    position: int | None = session.scalar(select(func.min(_events.c.position)))
+    return position
+
+
+def hold_events(session: Session, hold_id: uuid.UUID) -> Sequence[Any]:
+    """One hold's events, oldest first."""
+    stmt = select(_events).where(_events.c.hold_id == hold_id).order_by(_events.c.position)
+    return session.connection().execute(stmt).all()
