@@ -282,7 +282,9 @@ class Hub:
         self.db.on_log_written = None
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: shutdown must never hang on a reader (a deploy waits for it).
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
 
     def subscribe(self, subscriber: Subscriber) -> None:
@@ -296,8 +298,11 @@ class Hub:
 
     async def _run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the wake-up fires, and shutdown then waits on this loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+                async with asyncio.timeout(self._poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
             if not self._subscribers:
                 self._position = None  # nobody to feed: start again from the head when somebody comes
@@ -323,8 +328,11 @@ class Hub:
                 async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {changelog.NOTIFY_CHANNEL}")
                     self._wake.set()  # anything committed while (re)connecting
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    # Closed before the connection: a generator left suspended keeps the
+                    # connection's lock, and closing the connection then waits for it forever.
+                    async with contextlib.aclosing(conn.notifies()) as notifies:
+                        async for _ in notifies:
+                            self._wake.set()
             except (psycopg.Error, OSError):
                 log.warning("live: LISTEN connection lost; reconnecting in a second", exc_info=True)
                 await asyncio.sleep(1)
