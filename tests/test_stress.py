@@ -48,9 +48,11 @@ def stress_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         url = f"sqlite:///{tmp_path_factory.mktemp('stress')}/stress.db"
     else:
         pg: Engine = request.getfixturevalue("postgres_engine")
-        with create_engine(pg.url.set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as conn:
+        admin = create_engine(pg.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{STRESS_DB}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{STRESS_DB}"'))
+        admin.dispose()  # its pooled connection would otherwise be dropped unclosed (a ResourceWarning)
         url = pg.url.set(database=STRESS_DB).render_as_string(hide_password=False)
     env = {"DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "SEED_DEMO_DATA": "false", "HOLD_TTL_SECONDS": str(TTL)}
     with running_server(env, workers=WORKERS) as base_url:
