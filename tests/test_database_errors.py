@@ -9,7 +9,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from config import Settings
 from main import create_app
-from tests.factories import assert_problem, make_slot, make_user
+from tests.factories import assert_problem, isolated_settings, make_slot, make_user
 
 
 class _PgError(Exception):
@@ -62,12 +62,7 @@ def test_a_real_sqlite_write_lock_held_elsewhere_is_a_503_and_the_service_keeps_
     # busy timeout. The hold's BEGIN IMMEDIATE gives up: 503 DATABASE_BUSY, not a 500; reads
     # (WAL) and /health still answer meanwhile, and the hold works once the lock is gone.
     url = f"sqlite:///{tmp_path / 'locked.db'}"
-    settings = Settings(
-        database_url=url,
-        admin_token="test-admin-token-0123456789",
-        seed_demo_data=False,
-        sqlite_busy_timeout_seconds=0.2,
-    )
+    settings = isolated_settings(database_url=url, sqlite_busy_timeout_seconds=0.2)
     with TestClient(create_app(settings)) as client:
         alice, slot = make_user(client), make_slot(client)
         blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)

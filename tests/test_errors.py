@@ -1,13 +1,20 @@
 """One error format for every failure, bad requests that change nothing, /health and the OpenAPI document."""
 
-import uuid
-
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import ADMIN, ApiUser, assert_problem, make_hold, make_room, make_slot, make_user
+from tests.factories import (
+    ADMIN,
+    BAD_TOKEN,
+    UNKNOWN,
+    ApiUser,
+    assert_problem,
+    make_hold,
+    make_room,
+    make_slot,
+    make_user,
+)
 
-UNKNOWN = str(uuid.uuid4())
 JSON = {"Content-Type": "application/json"}
 
 
@@ -245,8 +252,6 @@ def test_openapi_problem_json_responses_carry_the_problem_schema(client: TestCli
 
 
 # --- which error a request with several faults gets ---------------------------------------------
-
-BAD_TOKEN = {"Authorization": "Bearer not-a-token"}
 
 
 def test_authentication_comes_before_request_validation(client: TestClient) -> None:

@@ -8,17 +8,22 @@ from freezegun import freeze_time
 
 from config import Settings
 from main import create_app
-from tests.factories import ADMIN, TTL, assert_problem, make_hold, make_slot, make_user
-
-UNKNOWN = str(uuid.uuid4())
+from tests.factories import (
+    ADMIN,
+    BAD_TOKEN,
+    CONFIRM_GONE,
+    TTL,
+    UNKNOWN,
+    assert_problem,
+    make_hold,
+    make_slot,
+    make_user,
+    parse_time,
+)
 
 
 def _post(client: TestClient, hold_id: str, action: str, user, body: dict | None = None):
     return client.post(f"/holds/{hold_id}/{action}", headers=user.auth, json=body)
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # --- POST /holds -------------------------------------------------------------------------------
@@ -33,7 +38,7 @@ def test_create_hold_returns_201_with_expiry_after_ttl(client: TestClient) -> No
     body = response.json()
     assert body["status"] == "HOLD"
     assert body["slot_id"] == slot and body["user_id"] == alice.id
-    assert _parse(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=TTL)
+    assert parse_time(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=TTL)
     assert uuid.UUID(body["hold_id"]).version == 4
 
 
@@ -48,7 +53,7 @@ def test_create_hold_on_slot_held_by_other_returns_409_with_end_of_hold(client: 
     first = make_hold(client, alice, slot)
     body = assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bob.auth), 409, "SLOT_UNAVAILABLE")
     assert body["slot_status"] == "HELD_BY_OTHER"
-    assert _parse(body["held_until"]) == _parse(first["expires_at"])
+    assert parse_time(body["held_until"]) == parse_time(first["expires_at"])
     assert body["hold_id"] is None  # another user's hold id is not disclosed
 
 
@@ -80,8 +85,7 @@ def test_create_hold_on_started_slot_returns_409(client: TestClient) -> None:
 def test_create_hold_needs_a_valid_token(client: TestClient) -> None:
     slot = make_slot(client)
     assert_problem(client.post("/holds", json={"slot_id": slot}), 401, "MISSING_TOKEN")
-    bad = {"Authorization": "Bearer not-a-token"}
-    assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bad), 401, "INVALID_TOKEN")
+    assert_problem(client.post("/holds", json={"slot_id": slot}, headers=BAD_TOKEN), 401, "INVALID_TOKEN")
     assert_problem(client.post("/holds", json={"slot_id": slot}, headers=ADMIN), 401, "INVALID_TOKEN")
 
 
@@ -170,7 +174,7 @@ def test_confirm_expired_hold_returns_410_with_contract_detail(client: TestClien
         hold = make_hold(client, alice, make_slot(client))
         clock.tick(TTL + 1)
         body = assert_problem(_post(client, hold["hold_id"], "confirm", alice), 410, "HOLD_EXPIRED")
-    assert body["detail"] == "Hold not found or expired."
+    assert body["detail"] == CONFIRM_GONE
 
 
 def test_confirm_released_hold_returns_410(client: TestClient) -> None:
@@ -178,7 +182,7 @@ def test_confirm_released_hold_returns_410(client: TestClient) -> None:
     hold = make_hold(client, alice, make_slot(client))
     assert _post(client, hold["hold_id"], "release", alice).status_code == 200
     body = assert_problem(_post(client, hold["hold_id"], "confirm", alice), 410, "HOLD_RELEASED")
-    assert body["detail"] == "Hold not found or expired."
+    assert body["detail"] == CONFIRM_GONE
 
 
 def test_confirm_another_users_hold_returns_403_and_changes_nothing(client: TestClient) -> None:
@@ -244,7 +248,7 @@ def test_extend_moves_expiry_to_now_plus_ttl_then_hits_the_limit(client: TestCli
         response = _post(client, hold["hold_id"], "extend", alice)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert _parse(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=2 * TTL - 60)
+        assert parse_time(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=2 * TTL - 60)
         assert body["extensions_used"] == 1 and body["extensions_left"] == 0
         assert_problem(_post(client, hold["hold_id"], "extend", alice), 409, "EXTENSION_LIMIT_REACHED")
         clock.tick(TTL - 1)  # the extended hold is still live just before its new expiry
