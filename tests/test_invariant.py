@@ -1,4 +1,5 @@
-"""The database itself keeps the invariant: raw inserts, clock skew, and what the naive statement does."""
+"""The database itself keeps the invariant (never two live claims on a slot): raw inserts, clock skew,
+the invariant checker, and what the naive statement does without the unique index."""
 
 import functools
 import uuid
@@ -12,12 +13,8 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-import catalog
-from errors import Conflict
-from schemas import SlotCreate
-from tests.factories import TTL, assert_problem, make_hold, make_room, make_slot, make_user
+from tests.factories import TTL, assert_problem, make_hold, make_slot, make_user
 from tests.invariant import Claim, claim_interval, overlapping_claims, slots_with_two_live_claims
 from tests.race import Racers
 
@@ -158,30 +155,3 @@ def test_naive_insert_select_double_books_on_postgres_read_committed(postgres_en
     print(f"naive statement: {len(doubled)} of {slot_count} slots got more than one live hold")
     assert doubled, "the naive statement should have double-claimed at least one slot"
     assert len(overlapping_claims(claims, timedelta(seconds=1))) >= len(doubled)
-
-
-def _race_overlapping_slots(engine: Engine, room: uuid.UUID, racers: int) -> Counter[str]:
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
-
-    def add(index: int, session: Session) -> str:
-        begin = start + timedelta(minutes=index)  # every pair of these overlaps
-        slot = SlotCreate(start_time=begin, end_time=begin + timedelta(hours=1))
-        try:
-            catalog.create_slot(session, room, slot)
-        except Conflict as exc:
-            return exc.code
-        finally:
-            session.close()  # hand its connection back at once (in-memory SQLite's pool holds one)
-        return "created"
-
-    with Racers(racers, lambda: Session(engine)) as pool:
-        return Counter(pool.race([functools.partial(add, i) for i in range(racers)], timeout=60))
-
-
-def test_racing_overlapping_slot_creation_creates_exactly_one(client: TestClient) -> None:
-    """The room-row lock: concurrent transactions adding overlapping slots to one room; one wins."""
-    engine: Engine = client.app.state.db.engine  # type: ignore[attr-defined]
-    racers = 12
-    for _ in range(5):
-        outcomes = _race_overlapping_slots(engine, uuid.UUID(make_room(client)), racers)
-        assert outcomes == {"created": 1, "SLOT_OVERLAP": racers - 1}, outcomes

@@ -1,13 +1,21 @@
-"""Slots over HTTP: the user-aware listing, its filters and pagination, and the admin slot rules."""
+"""Slots: the user-aware listing, its filters and pagination, the admin slot rules, and racing
+transactions adding overlapping slots to one room."""
 
 import base64
+import functools
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+import catalog
+from errors import Conflict
+from schemas import SlotCreate
 from tests.factories import (
     ADMIN,
     BAD_TOKEN,
@@ -22,6 +30,7 @@ from tests.factories import (
     parse_time,
     post_slot,
 )
+from tests.race import Racers
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
@@ -405,6 +414,36 @@ def test_create_slot_in_unknown_room_returns_404(client: TestClient) -> None:
     with freeze_time(NOW):
         response = post_slot(client, UNKNOWN, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z")
     assert_problem(response, 404, "ROOM_NOT_FOUND")
+
+
+# --- racing slot creation ------------------------------------------------------------------------
+
+
+def _race_overlapping_slots(engine: Engine, room: uuid.UUID, racers: int) -> Counter[str]:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+
+    def add(index: int, session: Session) -> str:
+        begin = start + timedelta(minutes=index)  # every pair of these overlaps
+        slot = SlotCreate(start_time=begin, end_time=begin + timedelta(hours=1))
+        try:
+            catalog.create_slot(session, room, slot)
+        except Conflict as exc:
+            return exc.code
+        finally:
+            session.close()  # hand its connection back at once (in-memory SQLite's pool holds one)
+        return "created"
+
+    with Racers(racers, lambda: Session(engine)) as pool:
+        return Counter(pool.race([functools.partial(add, i) for i in range(racers)], timeout=60))
+
+
+def test_racing_overlapping_slot_creation_creates_exactly_one(client: TestClient) -> None:
+    """The room-row lock: concurrent transactions adding overlapping slots to one room; one wins."""
+    engine: Engine = client.app.state.db.engine  # type: ignore[attr-defined]
+    racers = 12
+    for _ in range(5):
+        outcomes = _race_overlapping_slots(engine, uuid.UUID(make_room(client)), racers)
+        assert outcomes == {"created": 1, "SLOT_OVERLAP": racers - 1}, outcomes
 
 
 # --- DELETE /slots/{id} --------------------------------------------------------------------------
