@@ -49,14 +49,6 @@ def test_database_failure_becomes_a_problem_not_a_500(settings: Settings, failur
         assert_problem(client.get("/boom"), status, code)
 
 
-def test_health_reports_backend_and_pool(client: TestClient, backend: str) -> None:
-    body = client.get("/health").json()
-    assert body["status"] == "ok"
-    assert body["database"] == ("sqlite" if backend == "sqlite" else "postgresql")
-    pool = body["details"]["pool"]
-    assert pool["size"] >= 1 and pool["checked_out"] >= 0 and pool["timeout_seconds"] > 0
-
-
 def test_a_real_sqlite_write_lock_held_elsewhere_is_a_503_and_the_service_keeps_answering(tmp_path) -> None:
     # Another process (here: a plain sqlite3 connection) holds the file's write lock past the
     # busy timeout. The hold's BEGIN IMMEDIATE gives up: 503 DATABASE_BUSY, not a 500; reads

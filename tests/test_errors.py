@@ -1,4 +1,5 @@
-"""One error format for every failure, bad requests that change nothing, /health and the OpenAPI document."""
+"""One error format for every failure, bad requests that change nothing, the errors the OpenAPI document lists,
+and which error a request with several faults gets."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -195,13 +196,7 @@ def test_bad_requests_leave_existing_hold_and_booking_intact(client: TestClient,
     assert client.get(f"/slots/{booked_slot}", headers=bob.auth).json()["status"] == "BOOKED"
 
 
-# --- /health and the OpenAPI document ----------------------------------------------------------------
-
-
-def test_health_returns_200(client: TestClient) -> None:
-    response = client.get("/health")
-    assert response.status_code == 200
-    assert response.json()["status"] == "ok"
+# --- the OpenAPI document -----------------------------------------------------------------------
 
 
 CONTRACT_ERRORS = {
