@@ -1,5 +1,5 @@
 """Time handling: any offset names one instant, responses are UTC, the server's zone never leaks in,
-SQLite stores one canonical text form, and the frozen-clock edges of expiry."""
+and SQLite stores one canonical text form. (A hold's expiry edges are in test_holds.py.)"""
 
 import os
 import re
@@ -309,74 +309,3 @@ def test_sqlite_file_database_judges_expiry_on_the_instant(tmp_path: Path) -> No
             clock.move_to("2030-01-02T17:33:00+05:30")  # 12:03Z: expired
             assert slot_status(client, slot, bob) == "AVAILABLE"
             assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
-
-
-# --- the frozen-clock edges of expiry ---------------------------------------------------------------
-
-
-def test_hold_is_live_one_second_before_expires_at_and_gone_at_it(client: TestClient) -> None:
-    alice, bob = make_user(client), make_user(client)
-    with freeze_time(NOW) as clock:
-        slot = make_slot(client)
-        hold = make_hold(client, alice, slot)
-        expires_at = parse_time(hold["expires_at"])
-        assert expires_at == NOW + timedelta(seconds=TTL)
-
-        clock.move_to(expires_at - timedelta(seconds=1))
-        mine = client.get(f"/slots/{slot}", headers=alice.auth).json()
-        assert mine["status"] == "HELD_BY_ME" and mine["hold_id"] == hold["hold_id"]
-        assert slot_status(client, slot, bob) == "HELD_BY_OTHER"
-        assert slot_status(client, slot) == "HELD_BY_OTHER"
-        assert hold_status(client, hold["hold_id"], alice) == "HOLD"
-        assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bob.auth), 409, "SLOT_UNAVAILABLE")
-
-        clock.move_to(expires_at)
-        mine = client.get(f"/slots/{slot}", headers=alice.auth).json()
-        assert mine["status"] == "AVAILABLE" and mine["hold_id"] is None and mine["expires_at"] is None
-        assert slot_status(client, slot, bob) == "AVAILABLE"
-        assert slot_status(client, slot) == "AVAILABLE"
-        assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
-
-
-def test_confirm_one_second_before_expiry_returns_200(client: TestClient) -> None:
-    alice = make_user(client)
-    with freeze_time(NOW) as clock:
-        hold = make_hold(client, alice, make_slot(client))
-        clock.tick(TTL - 1)
-        response = client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth)
-    assert response.status_code == 200, response.text
-    assert response.json()["confirmed_at"] == "2030-01-01T12:04:59Z"
-
-
-@pytest.mark.parametrize("after", [0, 1])
-def test_confirm_expired_hold_returns_410_with_contract_detail(client: TestClient, after: int) -> None:
-    alice = make_user(client)
-    with freeze_time(NOW) as clock:
-        hold = make_hold(client, alice, make_slot(client))
-        clock.tick(TTL + after)
-        body = assert_problem(client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
-    assert body["detail"] == CONFIRM_GONE
-
-
-def test_after_expiry_second_user_holds_and_first_can_neither_confirm_nor_extend(client: TestClient) -> None:
-    alice, bob = make_user(client), make_user(client)
-    with freeze_time(NOW) as clock:
-        slot = make_slot(client)
-        first = make_hold(client, alice, slot)["hold_id"]
-        clock.tick(TTL + 1)
-        second = make_hold(client, bob, slot)
-
-        confirm = assert_problem(client.post(f"/holds/{first}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert confirm["detail"] == CONFIRM_GONE
-        assert_problem(client.post(f"/holds/{first}/extend", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert_problem(client.post(f"/holds/{first}/release", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert_problem(client.post("/holds", json={"slot_id": slot}, headers=alice.auth), 409, "SLOT_UNAVAILABLE")
-
-        # Bob's hold is untouched by alice's attempts and still his to confirm.
-        assert hold_status(client, first, alice) == "EXPIRED"
-        assert hold_status(client, second["hold_id"], bob) == "HOLD"
-        assert slot_status(client, slot, bob) == "HELD_BY_ME"
-        assert slot_status(client, slot, alice) == "HELD_BY_OTHER"
-        assert client.post(f"/holds/{second['hold_id']}/confirm", headers=bob.auth).status_code == 200
-        assert slot_status(client, slot, alice) == "BOOKED"
