@@ -88,7 +88,7 @@ def test_create_hold_on_started_slot_returns_409(client: TestClient) -> None:
         assert_problem(client.post("/holds", json={"slot_id": slot}, headers=alice.auth), 409, "SLOT_STARTED")
 
 
-def test_create_hold_needs_a_valid_token(client: TestClient) -> None:
+def test_create_hold_without_a_valid_user_token_returns_401(client: TestClient) -> None:
     slot = make_slot(client)
     assert_problem(client.post("/holds", json={"slot_id": slot}), 401, "MISSING_TOKEN")
     assert_problem(client.post("/holds", json={"slot_id": slot}, headers=BAD_TOKEN), 401, "INVALID_TOKEN")
@@ -278,7 +278,7 @@ def test_extend_another_users_or_unknown_hold_is_refused(client: TestClient) -> 
     assert client.get(f"/holds/{hold}", headers=alice.auth).json()["extensions_used"] == 0
 
 
-def test_extend_limit_follows_setting(settings: Settings) -> None:
+def test_extend_with_max_extensions_0_returns_409_limit_reached(settings: Settings) -> None:
     with TestClient(create_app(settings.model_copy(update={"hold_max_extensions": 0}))) as strict:
         alice = make_user(strict)
         hold = make_hold(strict, alice, make_slot(strict))["hold_id"]
@@ -324,7 +324,7 @@ def test_cancel_another_users_or_unknown_booking_is_refused(client: TestClient) 
     assert client.get(f"/holds/{hold}", headers=alice.auth).json()["status"] == "CONFIRMED"
 
 
-def test_hold_actions_need_a_token(client: TestClient) -> None:
+def test_hold_actions_without_a_token_return_401_and_with_a_bad_id_422(client: TestClient) -> None:
     alice = make_user(client)
     hold = make_hold(client, alice, make_slot(client))["hold_id"]
     for action in ("confirm", "release", "extend", "cancel"):

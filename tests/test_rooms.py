@@ -49,7 +49,7 @@ def test_create_room_with_unknown_field_returns_422(client: TestClient) -> None:
     assert_problem(response, 422, "VALIDATION_ERROR")
 
 
-def test_create_room_needs_the_admin_token(client: TestClient) -> None:
+def test_create_room_without_the_admin_token_returns_403_or_401(client: TestClient) -> None:
     alice = make_user(client)
     assert_problem(_create(client, "Room", headers=alice.auth), 403, "ADMIN_REQUIRED")
     assert_problem(_create(client, "Room", headers=None), 401, "MISSING_TOKEN")

@@ -400,7 +400,7 @@ def test_create_slot_overlapping_a_slot_of_another_room_returns_201(client: Test
         assert post_slot(client, second, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
 
 
-def test_create_slot_needs_the_admin_token(client: TestClient) -> None:
+def test_create_slot_without_the_admin_token_returns_403_or_401(client: TestClient) -> None:
     room, alice = make_room(client), make_user(client)
     with freeze_time(NOW):
         start, end = "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z"
@@ -491,7 +491,7 @@ def test_delete_slot_after_its_hold_expired_returns_204(client: TestClient) -> N
         assert_problem(client.get(f"/slots/{slot}"), 404, "SLOT_NOT_FOUND")
 
 
-def test_delete_slot_needs_the_admin_token(client: TestClient) -> None:
+def test_delete_slot_without_the_admin_token_returns_403_or_401(client: TestClient) -> None:
     alice, slot = make_user(client), make_slot(client)
     assert_problem(client.delete(f"/slots/{slot}", headers=alice.auth), 403, "ADMIN_REQUIRED")
     assert_problem(client.delete(f"/slots/{slot}"), 401, "MISSING_TOKEN")

@@ -97,7 +97,7 @@ def test_register_missing_name_or_extra_field_returns_422(client: TestClient, bo
     assert_problem(client.post("/users", json=body), 422, "VALIDATION_ERROR")
 
 
-def test_me_needs_a_valid_user_token(client: TestClient) -> None:
+def test_me_without_a_valid_user_token_returns_401(client: TestClient) -> None:
     assert_problem(client.get("/users/me"), 401, "MISSING_TOKEN")
     assert_problem(client.get("/users/me", headers=BAD_TOKEN), 401, "INVALID_TOKEN")
     assert_problem(client.get("/users/me", headers=ADMIN), 401, "INVALID_TOKEN")
