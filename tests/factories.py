@@ -1,16 +1,27 @@
-"""Typed factory helpers for the API tests: users, rooms, slots, holds."""
+"""The API tests' one set of helpers: typed factories (users, rooms, slots, holds), shared constants,
+readers and the problem-document assertion."""
 
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
+from httpx2 import Response
 
 from config import Settings
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TTL = 300
+UNKNOWN = str(uuid.uuid4())  # an id no row has
+CONFIRM_GONE = "Hold not found or expired."  # the detail the contract fixes for confirming a gone hold
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ADMIN = bearer(ADMIN_TOKEN)
+BAD_TOKEN = bearer("not-a-token")
 
 
 @dataclass(frozen=True)
@@ -21,7 +32,7 @@ class ApiUser:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return bearer(self.token)
 
 
 def isolated_settings(**overrides: object) -> Settings:
@@ -65,13 +76,34 @@ def make_slot(
     return response.json()["id"]
 
 
+def post_slot(client: TestClient, room_id: str, start: str, end: str, headers: dict | None = ADMIN) -> Response:
+    """POST a slot with these times as given (unchecked, unlike make_slot)."""
+    return client.post(f"/rooms/{room_id}/slots", json={"start_time": start, "end_time": end}, headers=headers)
+
+
 def make_hold(client: TestClient, user: ApiUser, slot_id: str) -> dict:
     response = client.post("/holds", json={"slot_id": slot_id}, headers=user.auth)
     assert response.status_code == 201, response.text
     return response.json()
 
 
-def assert_problem(response, status: int, code: str) -> dict:
+def parse_time(value: str) -> datetime:
+    """A response's datetime ('...Z') as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def slot_status(client: TestClient, slot_id: str, user: ApiUser | None = None) -> str:
+    """The slot's status as `user` (anonymous by default) sees it."""
+    response = client.get(f"/slots/{slot_id}", headers=user.auth if user else None)
+    assert response.status_code == 200, response.text
+    return response.json()["status"]
+
+
+def hold_status(client: TestClient, hold_id: str, user: ApiUser) -> str:
+    return client.get(f"/holds/{hold_id}", headers=user.auth).json()["status"]
+
+
+def assert_problem(response: Response, status: int, code: str) -> dict:
     """The response is an application/problem+json error with this status and code."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")

@@ -1,16 +1,16 @@
 """Real concurrency: a server in its own process, dozens of client threads racing over HTTP."""
 
+import functools
 import itertools
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
 import httpx2 as httpx
 import pytest
 
 from tests.factories import ADMIN_TOKEN
+from tests.race import Racers, http_racers
 from tests.server import running_server, seed_over_http
 
 pytestmark = pytest.mark.slow
@@ -26,43 +26,13 @@ def base_url() -> Iterator[str]:
         yield url
 
 
-class Racers:
-    """A pool of threads, each with its own HTTP connection, released together by a barrier."""
-
-    def __init__(self, base_url: str, count: int) -> None:
-        self.count = count
-        self.pool = ThreadPoolExecutor(max_workers=count)
-        self.local = threading.local()
-        self.base_url = base_url
-
-    def client(self) -> httpx.Client:
-        if not hasattr(self.local, "client"):
-            self.local.client = httpx.Client(base_url=self.base_url, timeout=30)
-        return self.local.client
-
-    def race(self, calls: list[Callable[[httpx.Client], httpx.Response]]) -> list[httpx.Response]:
-        """Run every call at once, one per thread; return the responses in call order."""
-        barrier = threading.Barrier(len(calls))
-
-        def run(call: Callable[[httpx.Client], httpx.Response]) -> httpx.Response:
-            client = self.client()
-            barrier.wait()
-            return call(client)
-
-        return list(self.pool.map(run, calls))
-
-    def close(self) -> None:
-        self.pool.shutdown()
-
-
 @pytest.fixture
-def racers(base_url: str) -> Iterator[Racers]:
-    pool = Racers(base_url, RACERS)
-    yield pool
-    pool.close()
+def racers(base_url: str) -> Iterator[Racers[httpx.Client]]:
+    with http_racers(base_url, RACERS) as pool:
+        yield pool
 
 
-def test_racing_holds_on_each_slot_grant_exactly_one(base_url: str, racers: Racers) -> None:
+def test_racing_holds_on_each_slot_grant_exactly_one(base_url: str, racers: Racers[httpx.Client]) -> None:
     users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=RACERS, slots=SLOTS)
     for slot in slots:
         responses = racers.race(
@@ -77,7 +47,7 @@ def test_racing_holds_on_each_slot_grant_exactly_one(base_url: str, racers: Race
         assert seen["status"] == "HELD_BY_ME" and seen["hold_id"] == responses[winner].json()["hold_id"]
 
 
-def test_confirm_racing_release_on_one_hold_has_one_winner(base_url: str, racers: Racers) -> None:
+def test_confirm_racing_release_on_one_hold_has_one_winner(base_url: str, racers: Racers[httpx.Client]) -> None:
     users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=1, slots=SLOTS)
     owner = users[0]
     outcomes = Counter()
@@ -106,36 +76,29 @@ def test_confirm_racing_release_on_one_hold_has_one_winner(base_url: str, racers
 def test_in_memory_database_survives_sustained_mixed_load(base_url: str) -> None:
     clients, seconds = 64, 6.0  # more clients than FastAPI's default thread pool (40 threads)
     users, slots = seed_over_http(base_url, ADMIN_TOKEN, users=clients, slots=10)
-    statuses: Counter[int] = Counter()
-    answered: list[float] = []  # when each response arrived
-    per_client: list[int] = [0] * clients
-    lock = threading.Lock()
-    start = threading.Barrier(clients)
 
-    def work(index: int) -> None:
+    def work(index: int, client: httpx.Client) -> tuple[Counter[int], list[float], int]:
         seen: Counter[int] = Counter()
-        times: list[float] = []
-        with httpx.Client(base_url=base_url, timeout=60) as client:
-            start.wait()  # every client is connected before the clock starts
-            deadline = time.monotonic() + seconds
-            i = 0
-            while time.monotonic() < deadline and i < 2000:
-                slot, headers = slots[(index + i) % len(slots)], users[index]
-                responses = [client.post("/holds", json={"slot_id": slot}, headers=headers)]
-                if responses[0].status_code == 201:
-                    hold = responses[0].json()["hold_id"]
-                    responses.append(client.post(f"/holds/{hold}/release", headers=headers))
-                responses.append(client.get("/slots", params={"limit": 20}, headers=headers))
-                seen.update(r.status_code for r in responses)
-                times.append(time.monotonic())
-                i += 1
-        with lock:
-            statuses.update(seen)
-            answered.extend(times)
-            per_client[index] = i
+        times: list[float] = []  # when each response arrived
+        deadline = time.monotonic() + seconds  # the clock starts as every client is released
+        i = 0
+        while time.monotonic() < deadline and i < 2000:
+            slot, headers = slots[(index + i) % len(slots)], users[index]
+            responses = [client.post("/holds", json={"slot_id": slot}, headers=headers)]
+            if responses[0].status_code == 201:
+                hold = responses[0].json()["hold_id"]
+                responses.append(client.post(f"/holds/{hold}/release", headers=headers))
+            responses.append(client.get("/slots", params={"limit": 20}, headers=headers))
+            seen.update(r.status_code for r in responses)
+            times.append(time.monotonic())
+            i += 1
+        return seen, times, i
 
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        list(pool.map(work, range(clients)))
+    with http_racers(base_url, clients, timeout=60) as racers:
+        results = racers.race([functools.partial(work, index) for index in range(clients)])
+    statuses: Counter[int] = sum((seen for seen, _, _ in results), Counter())
+    answered = [moment for _, times, _ in results for moment in times]
+    per_client = [rounds for _, _, rounds in results]
     answered.sort()
     longest_silence = max(b - a for a, b in itertools.pairwise(answered))
     print(f"mixed load: {dict(statuses)}, longest silence {longest_silence:.2f}s, fewest rounds {min(per_client)}")

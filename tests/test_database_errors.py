@@ -9,7 +9,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from config import Settings
 from main import create_app
-from tests.factories import assert_problem, make_slot, make_user
+from tests.factories import assert_problem, isolated_settings, make_slot, make_user
 
 
 class _PgError(Exception):
@@ -49,25 +49,12 @@ def test_database_failure_becomes_a_problem_not_a_500(settings: Settings, failur
         assert_problem(client.get("/boom"), status, code)
 
 
-def test_health_reports_backend_and_pool(client: TestClient, backend: str) -> None:
-    body = client.get("/health").json()
-    assert body["status"] == "ok"
-    assert body["database"] == ("sqlite" if backend == "sqlite" else "postgresql")
-    pool = body["details"]["pool"]
-    assert pool["size"] >= 1 and pool["checked_out"] >= 0 and pool["timeout_seconds"] > 0
-
-
 def test_a_real_sqlite_write_lock_held_elsewhere_is_a_503_and_the_service_keeps_answering(tmp_path) -> None:
     # Another process (here: a plain sqlite3 connection) holds the file's write lock past the
     # busy timeout. The hold's BEGIN IMMEDIATE gives up: 503 DATABASE_BUSY, not a 500; reads
     # (WAL) and /health still answer meanwhile, and the hold works once the lock is gone.
     url = f"sqlite:///{tmp_path / 'locked.db'}"
-    settings = Settings(
-        database_url=url,
-        admin_token="test-admin-token-0123456789",
-        seed_demo_data=False,
-        sqlite_busy_timeout_seconds=0.2,
-    )
+    settings = isolated_settings(database_url=url, sqlite_busy_timeout_seconds=0.2)
     with TestClient(create_app(settings)) as client:
         alice, slot = make_user(client), make_slot(client)
         blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)

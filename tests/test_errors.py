@@ -1,13 +1,21 @@
-"""One error format for every failure, bad requests that change nothing, /health and the OpenAPI document."""
-
-import uuid
+"""One error format for every failure, bad requests that change nothing, the errors the OpenAPI document lists,
+and which error a request with several faults gets."""
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import ADMIN, ApiUser, assert_problem, make_hold, make_room, make_slot, make_user
+from tests.factories import (
+    ADMIN,
+    BAD_TOKEN,
+    UNKNOWN,
+    ApiUser,
+    assert_problem,
+    make_hold,
+    make_room,
+    make_slot,
+    make_user,
+)
 
-UNKNOWN = str(uuid.uuid4())
 JSON = {"Content-Type": "application/json"}
 
 
@@ -188,13 +196,7 @@ def test_bad_requests_leave_existing_hold_and_booking_intact(client: TestClient,
     assert client.get(f"/slots/{booked_slot}", headers=bob.auth).json()["status"] == "BOOKED"
 
 
-# --- /health and the OpenAPI document ----------------------------------------------------------------
-
-
-def test_health_returns_200(client: TestClient) -> None:
-    response = client.get("/health")
-    assert response.status_code == 200
-    assert response.json()["status"] == "ok"
+# --- the OpenAPI document -----------------------------------------------------------------------
 
 
 CONTRACT_ERRORS = {
@@ -245,8 +247,6 @@ def test_openapi_problem_json_responses_carry_the_problem_schema(client: TestCli
 
 
 # --- which error a request with several faults gets ---------------------------------------------
-
-BAD_TOKEN = {"Authorization": "Bearer not-a-token"}
 
 
 def test_authentication_comes_before_request_validation(client: TestClient) -> None:

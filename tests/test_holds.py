@@ -1,24 +1,35 @@
-"""The hold lifecycle over HTTP: every success and failure row of the contract's table."""
+"""The hold lifecycle over HTTP: every success and failure row of the contract's table, and both sides
+of a hold's expiry on a frozen clock."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
 
 from config import Settings
 from main import create_app
-from tests.factories import ADMIN, TTL, assert_problem, make_hold, make_slot, make_user
+from tests.factories import (
+    ADMIN,
+    BAD_TOKEN,
+    CONFIRM_GONE,
+    TTL,
+    UNKNOWN,
+    assert_problem,
+    hold_status,
+    make_hold,
+    make_slot,
+    make_user,
+    parse_time,
+    slot_status,
+)
 
-UNKNOWN = str(uuid.uuid4())
+NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
 
 def _post(client: TestClient, hold_id: str, action: str, user, body: dict | None = None):
     return client.post(f"/holds/{hold_id}/{action}", headers=user.auth, json=body)
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # --- POST /holds -------------------------------------------------------------------------------
@@ -33,7 +44,7 @@ def test_create_hold_returns_201_with_expiry_after_ttl(client: TestClient) -> No
     body = response.json()
     assert body["status"] == "HOLD"
     assert body["slot_id"] == slot and body["user_id"] == alice.id
-    assert _parse(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=TTL)
+    assert parse_time(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=TTL)
     assert uuid.UUID(body["hold_id"]).version == 4
 
 
@@ -48,7 +59,7 @@ def test_create_hold_on_slot_held_by_other_returns_409_with_end_of_hold(client: 
     first = make_hold(client, alice, slot)
     body = assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bob.auth), 409, "SLOT_UNAVAILABLE")
     assert body["slot_status"] == "HELD_BY_OTHER"
-    assert _parse(body["held_until"]) == _parse(first["expires_at"])
+    assert parse_time(body["held_until"]) == parse_time(first["expires_at"])
     assert body["hold_id"] is None  # another user's hold id is not disclosed
 
 
@@ -77,11 +88,10 @@ def test_create_hold_on_started_slot_returns_409(client: TestClient) -> None:
         assert_problem(client.post("/holds", json={"slot_id": slot}, headers=alice.auth), 409, "SLOT_STARTED")
 
 
-def test_create_hold_needs_a_valid_token(client: TestClient) -> None:
+def test_create_hold_without_a_valid_user_token_returns_401(client: TestClient) -> None:
     slot = make_slot(client)
     assert_problem(client.post("/holds", json={"slot_id": slot}), 401, "MISSING_TOKEN")
-    bad = {"Authorization": "Bearer not-a-token"}
-    assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bad), 401, "INVALID_TOKEN")
+    assert_problem(client.post("/holds", json={"slot_id": slot}, headers=BAD_TOKEN), 401, "INVALID_TOKEN")
     assert_problem(client.post("/holds", json={"slot_id": slot}, headers=ADMIN), 401, "INVALID_TOKEN")
 
 
@@ -164,21 +174,12 @@ def test_confirm_returns_booking_and_is_idempotent(client: TestClient) -> None:
     assert client.get(f"/slots/{slot}").json()["status"] == "BOOKED"
 
 
-def test_confirm_expired_hold_returns_410_with_contract_detail(client: TestClient) -> None:
-    alice = make_user(client)
-    with freeze_time("2030-01-01T12:00:00Z") as clock:
-        hold = make_hold(client, alice, make_slot(client))
-        clock.tick(TTL + 1)
-        body = assert_problem(_post(client, hold["hold_id"], "confirm", alice), 410, "HOLD_EXPIRED")
-    assert body["detail"] == "Hold not found or expired."
-
-
 def test_confirm_released_hold_returns_410(client: TestClient) -> None:
     alice = make_user(client)
     hold = make_hold(client, alice, make_slot(client))
     assert _post(client, hold["hold_id"], "release", alice).status_code == 200
     body = assert_problem(_post(client, hold["hold_id"], "confirm", alice), 410, "HOLD_RELEASED")
-    assert body["detail"] == "Hold not found or expired."
+    assert body["detail"] == CONFIRM_GONE
 
 
 def test_confirm_another_users_hold_returns_403_and_changes_nothing(client: TestClient) -> None:
@@ -244,7 +245,7 @@ def test_extend_moves_expiry_to_now_plus_ttl_then_hits_the_limit(client: TestCli
         response = _post(client, hold["hold_id"], "extend", alice)
         assert response.status_code == 200, response.text
         body = response.json()
-        assert _parse(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=2 * TTL - 60)
+        assert parse_time(body["expires_at"]) == datetime(2030, 1, 1, 12, tzinfo=UTC) + timedelta(seconds=2 * TTL - 60)
         assert body["extensions_used"] == 1 and body["extensions_left"] == 0
         assert_problem(_post(client, hold["hold_id"], "extend", alice), 409, "EXTENSION_LIMIT_REACHED")
         clock.tick(TTL - 1)  # the extended hold is still live just before its new expiry
@@ -277,7 +278,7 @@ def test_extend_another_users_or_unknown_hold_is_refused(client: TestClient) -> 
     assert client.get(f"/holds/{hold}", headers=alice.auth).json()["extensions_used"] == 0
 
 
-def test_extend_limit_follows_setting(settings: Settings) -> None:
+def test_extend_with_max_extensions_0_returns_409_limit_reached(settings: Settings) -> None:
     with TestClient(create_app(settings.model_copy(update={"hold_max_extensions": 0}))) as strict:
         alice = make_user(strict)
         hold = make_hold(strict, alice, make_slot(strict))["hold_id"]
@@ -323,10 +324,81 @@ def test_cancel_another_users_or_unknown_booking_is_refused(client: TestClient) 
     assert client.get(f"/holds/{hold}", headers=alice.auth).json()["status"] == "CONFIRMED"
 
 
-def test_hold_actions_need_a_token(client: TestClient) -> None:
+def test_hold_actions_without_a_token_return_401_and_with_a_bad_id_422(client: TestClient) -> None:
     alice = make_user(client)
     hold = make_hold(client, alice, make_slot(client))["hold_id"]
     for action in ("confirm", "release", "extend", "cancel"):
         assert_problem(client.post(f"/holds/{hold}/{action}"), 401, "MISSING_TOKEN")
     assert_problem(client.get(f"/holds/{hold}"), 401, "MISSING_TOKEN")
     assert_problem(client.post("/holds/not-a-uuid/confirm", headers=alice.auth), 422, "VALIDATION_ERROR")
+
+
+# --- expiry: both sides of expires_at ---------------------------------------------------------------
+
+
+def test_hold_is_live_one_second_before_expires_at_and_gone_at_it(client: TestClient) -> None:
+    alice, bob = make_user(client), make_user(client)
+    with freeze_time(NOW) as clock:
+        slot = make_slot(client)
+        hold = make_hold(client, alice, slot)
+        expires_at = parse_time(hold["expires_at"])
+        assert expires_at == NOW + timedelta(seconds=TTL)
+
+        clock.move_to(expires_at - timedelta(seconds=1))
+        mine = client.get(f"/slots/{slot}", headers=alice.auth).json()
+        assert mine["status"] == "HELD_BY_ME" and mine["hold_id"] == hold["hold_id"]
+        assert slot_status(client, slot, bob) == "HELD_BY_OTHER"
+        assert slot_status(client, slot) == "HELD_BY_OTHER"
+        assert hold_status(client, hold["hold_id"], alice) == "HOLD"
+        assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bob.auth), 409, "SLOT_UNAVAILABLE")
+
+        clock.move_to(expires_at)
+        mine = client.get(f"/slots/{slot}", headers=alice.auth).json()
+        assert mine["status"] == "AVAILABLE" and mine["hold_id"] is None and mine["expires_at"] is None
+        assert slot_status(client, slot, bob) == "AVAILABLE"
+        assert slot_status(client, slot) == "AVAILABLE"
+        assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
+
+
+def test_confirm_one_second_before_expiry_returns_200(client: TestClient) -> None:
+    alice = make_user(client)
+    with freeze_time(NOW) as clock:
+        hold = make_hold(client, alice, make_slot(client))
+        clock.tick(TTL - 1)
+        response = client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["confirmed_at"] == "2030-01-01T12:04:59Z"
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_confirm_expired_hold_returns_410_with_contract_detail(client: TestClient, after: int) -> None:
+    alice = make_user(client)
+    with freeze_time(NOW) as clock:
+        hold = make_hold(client, alice, make_slot(client))
+        clock.tick(TTL + after)
+        body = assert_problem(client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
+        assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
+    assert body["detail"] == CONFIRM_GONE
+
+
+def test_after_expiry_second_user_holds_and_first_can_neither_confirm_nor_extend(client: TestClient) -> None:
+    alice, bob = make_user(client), make_user(client)
+    with freeze_time(NOW) as clock:
+        slot = make_slot(client)
+        first = make_hold(client, alice, slot)["hold_id"]
+        clock.tick(TTL + 1)
+        second = make_hold(client, bob, slot)
+
+        confirm = assert_problem(client.post(f"/holds/{first}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
+        assert confirm["detail"] == CONFIRM_GONE
+        assert_problem(client.post(f"/holds/{first}/extend", headers=alice.auth), 410, "HOLD_EXPIRED")
+        assert_problem(client.post(f"/holds/{first}/release", headers=alice.auth), 410, "HOLD_EXPIRED")
+        assert_problem(client.post("/holds", json={"slot_id": slot}, headers=alice.auth), 409, "SLOT_UNAVAILABLE")
+
+        # Bob's hold is untouched by alice's attempts and still his to confirm.
+        assert hold_status(client, first, alice) == "EXPIRED"
+        assert hold_status(client, second["hold_id"], bob) == "HOLD"
+        assert slot_status(client, slot, bob) == "HELD_BY_ME"
+        assert slot_status(client, slot, alice) == "HELD_BY_OTHER"
+        assert client.post(f"/holds/{second['hold_id']}/confirm", headers=bob.auth).status_code == 200
+        assert slot_status(client, slot, alice) == "BOOKED"

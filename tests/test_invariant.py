@@ -1,22 +1,22 @@
-"""The database itself keeps the invariant: raw inserts, clock skew, and what the naive statement does."""
+"""The database itself keeps the invariant (never two live claims on a slot): raw inserts, clock skew,
+the invariant checker, and what the naive statement does without the unique index."""
 
-import threading
+import functools
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-import catalog
-from errors import Conflict
-from schemas import SlotCreate
-from tests.factories import TTL, assert_problem, make_hold, make_room, make_slot, make_user
+from tests.factories import TTL, assert_problem, make_hold, make_slot, make_user
 from tests.invariant import Claim, claim_interval, overlapping_claims, slots_with_two_live_claims
+from tests.race import Racers
 
 T0 = datetime(2030, 1, 1, 12, tzinfo=UTC)
 
@@ -129,23 +129,22 @@ def test_naive_insert_select_double_books_on_postgres_read_committed(postgres_en
         conn.execute(text("DROP TABLE IF EXISTS naive_holds"))
         conn.execute(text(NAIVE_TABLE))
     slots = [uuid.uuid4() for _ in range(slot_count)]
-    barrier = threading.Barrier(connections)
     now = datetime.now(UTC)
 
-    def claim_every_slot() -> None:
+    @contextmanager
+    def read_committed() -> Iterator[Connection]:
         with postgres_engine.connect() as conn:
             assert conn.get_isolation_level() == "READ COMMITTED"
-            for slot in slots:
-                barrier.wait()
-                params = {"slot": slot, "user": uuid.uuid4(), "now": now, "expires": now + timedelta(seconds=TTL)}
-                conn.execute(text(NAIVE_INSERT), params)
-                conn.commit()
+            yield conn
 
-    threads = [threading.Thread(target=claim_every_slot) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    def claim(slot: uuid.UUID, conn: Connection) -> None:
+        params = {"slot": slot, "user": uuid.uuid4(), "now": now, "expires": now + timedelta(seconds=TTL)}
+        conn.execute(text(NAIVE_INSERT), params)
+        conn.commit()
+
+    with Racers(connections, read_committed) as racers:
+        for slot in slots:  # every connection claims each slot, all at once
+            racers.race([functools.partial(claim, slot)] * connections)
     with postgres_engine.begin() as conn:
         rows = conn.execute(text("SELECT slot_id, status, created_date, expires_at FROM naive_holds")).all()
         conn.execute(text("DROP TABLE naive_holds"))
@@ -156,37 +155,3 @@ def test_naive_insert_select_double_books_on_postgres_read_committed(postgres_en
     print(f"naive statement: {len(doubled)} of {slot_count} slots got more than one live hold")
     assert doubled, "the naive statement should have double-claimed at least one slot"
     assert len(overlapping_claims(claims, timedelta(seconds=1))) >= len(doubled)
-
-
-def _race_overlapping_slots(engine: Engine, room: uuid.UUID, racers: int) -> Counter[str]:
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
-    barrier, outcomes, lock = threading.Barrier(racers), Counter[str](), threading.Lock()
-
-    def add(index: int) -> None:
-        begin = start + timedelta(minutes=index)  # every pair of these overlaps
-        slot = SlotCreate(start_time=begin, end_time=begin + timedelta(hours=1))
-        with Session(engine) as session:
-            barrier.wait()
-            try:
-                catalog.create_slot(session, room, slot)
-                outcome = "created"
-            except Conflict as exc:
-                outcome = exc.code
-        with lock:
-            outcomes[outcome] += 1
-
-    threads = [threading.Thread(target=add, args=(i,)) for i in range(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return outcomes
-
-
-def test_racing_overlapping_slot_creation_creates_exactly_one(client: TestClient) -> None:
-    """The room-row lock: concurrent transactions adding overlapping slots to one room; one wins."""
-    engine: Engine = client.app.state.db.engine  # type: ignore[attr-defined]
-    racers = 12
-    for _ in range(5):
-        outcomes = _race_overlapping_slots(engine, uuid.UUID(make_room(client)), racers)
-        assert outcomes == {"created": 1, "SLOT_OVERLAP": racers - 1}, outcomes

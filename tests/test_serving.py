@@ -44,7 +44,7 @@ def test_connections_get_tcp_nodelay() -> None:
     assert _accepted_nodelay(HttpProtocol) == 1
 
 
-def test_without_it_asyncio_leaves_nagle_on() -> None:
+def test_uvicorns_own_protocol_on_that_socket_leaves_nagle_on() -> None:
     # The control: uvicorn's own protocol on the same socket (why serving.HttpProtocol exists).
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 

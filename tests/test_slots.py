@@ -1,30 +1,43 @@
-"""Slots over HTTP: the user-aware listing, its filters and pagination, and the admin slot rules."""
+"""Slots: the user-aware listing, its filters and pagination, the admin slot rules, and racing
+transactions adding overlapping slots to one room."""
 
 import base64
+import functools
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from tests.factories import ADMIN, TTL, ApiUser, assert_problem, make_hold, make_room, make_slot, make_user
+import catalog
+from errors import Conflict
+from schemas import SlotCreate
+from tests.factories import (
+    ADMIN,
+    BAD_TOKEN,
+    TTL,
+    UNKNOWN,
+    ApiUser,
+    assert_problem,
+    make_hold,
+    make_room,
+    make_slot,
+    make_user,
+    parse_time,
+    post_slot,
+)
+from tests.race import Racers
 
-UNKNOWN = str(uuid.uuid4())
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _confirm(client: TestClient, user: ApiUser, hold_id: str) -> None:
     response = client.post(f"/holds/{hold_id}/confirm", headers=user.auth)
     assert response.status_code == 200, response.text
-
-
-def _create_slot(client: TestClient, room_id: str, start: str, end: str, headers: dict | None = ADMIN):
-    return client.post(f"/rooms/{room_id}/slots", json={"start_time": start, "end_time": end}, headers=headers)
 
 
 def _all_pages(client: TestClient, params: dict, headers: dict | None = None) -> tuple[list[dict], int]:
@@ -80,7 +93,7 @@ def test_list_slots_shows_alice_her_hold_and_others_claims(client: TestClient, s
     mine, booked, other, free = _view(client, scene, scene["alice"].auth)
     assert mine["status"] == "HELD_BY_ME"
     assert mine["hold_id"] == scene["alice_hold"]["hold_id"]
-    assert _parse(mine["expires_at"]) == _parse(scene["alice_hold"]["expires_at"])
+    assert parse_time(mine["expires_at"]) == parse_time(scene["alice_hold"]["expires_at"])
     assert booked["status"] == "BOOKED" and booked["hold_id"] is None and booked["expires_at"] is None
     assert other["status"] == "HELD_BY_OTHER" and other["hold_id"] is None and other["expires_at"] is None
     assert free["status"] == "AVAILABLE" and free["hold_id"] is None and free["expires_at"] is None
@@ -92,7 +105,7 @@ def test_list_slots_shows_bob_his_booking_and_hold(client: TestClient, scene: di
     assert booked["status"] == "BOOKED" and booked["hold_id"] == scene["booking"]["hold_id"]
     assert booked["expires_at"] is None  # a booking does not expire
     assert mine["status"] == "HELD_BY_ME" and mine["hold_id"] == scene["bob_hold"]["hold_id"]
-    assert _parse(mine["expires_at"]) == _parse(scene["bob_hold"]["expires_at"])
+    assert parse_time(mine["expires_at"]) == parse_time(scene["bob_hold"]["expires_at"])
     assert free["status"] == "AVAILABLE"
 
 
@@ -173,8 +186,7 @@ def test_list_slots_user_id_without_token_returns_401(client: TestClient, scene:
 
 
 def test_list_slots_invalid_token_returns_401(client: TestClient) -> None:
-    bad = {"Authorization": "Bearer not-a-token"}
-    assert_problem(client.get("/slots", headers=bad), 401, "INVALID_TOKEN")
+    assert_problem(client.get("/slots", headers=BAD_TOKEN), 401, "INVALID_TOKEN")
 
 
 def test_list_slots_unknown_room_returns_404(client: TestClient) -> None:
@@ -221,7 +233,7 @@ def test_get_slot_returns_one_item_with_its_fields(client: TestClient) -> None:
         slot = make_slot(client, room, start=start, hours=2)
         body = client.get(f"/slots/{slot}").json()
     assert body["id"] == slot and body["room_id"] == room and body["status"] == "AVAILABLE"
-    assert _parse(body["start_time"]) == start and _parse(body["end_time"]) == start + timedelta(hours=2)
+    assert parse_time(body["start_time"]) == start and parse_time(body["end_time"]) == start + timedelta(hours=2)
     assert body["hold_id"] is None and body["expires_at"] is None
 
 
@@ -240,7 +252,7 @@ def test_list_slots_pagination_walks_every_slot_once_in_start_order(client: Test
     assert pages == 4
     assert len(ids) == len(set(ids)) == 11
     assert set(ids) == set(expected)
-    starts = [_parse(item["start_time"]) for item in items]
+    starts = [parse_time(item["start_time"]) for item in items]
     assert starts == sorted(starts)
 
 
@@ -309,11 +321,11 @@ def test_list_slots_naive_from_returns_422(client: TestClient) -> None:
 def test_create_slot_returns_201_available_slot(client: TestClient) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        response = _create_slot(client, room, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z")
+        response = post_slot(client, room, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z")
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["room_id"] == room and body["status"] == "AVAILABLE"
-    assert _parse(body["start_time"]) == datetime(2030, 1, 2, 10, tzinfo=UTC)
+    assert parse_time(body["start_time"]) == datetime(2030, 1, 2, 10, tzinfo=UTC)
     assert uuid.UUID(body["id"]).version == 4
 
 
@@ -328,7 +340,7 @@ def test_create_slot_returns_201_available_slot(client: TestClient) -> None:
 def test_create_slot_with_naive_time_returns_422(client: TestClient, start: str, end: str) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        assert_problem(_create_slot(client, room, start, end), 422, "VALIDATION_ERROR")
+        assert_problem(post_slot(client, room, start, end), 422, "VALIDATION_ERROR")
 
 
 @pytest.mark.parametrize(
@@ -342,15 +354,15 @@ def test_create_slot_with_naive_time_returns_422(client: TestClient, start: str,
 def test_create_slot_not_starting_before_it_ends_returns_422(client: TestClient, start: str, end: str) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        assert_problem(_create_slot(client, room, start, end), 422, "VALIDATION_ERROR")
+        assert_problem(post_slot(client, room, start, end), 422, "VALIDATION_ERROR")
 
 
 def test_create_slot_in_the_past_returns_422(client: TestClient) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        assert_problem(_create_slot(client, room, "2030-01-01T11:00:00Z", "2030-01-01T13:00:00Z"), 422, "SLOT_IN_PAST")
-        assert_problem(_create_slot(client, room, "2030-01-01T12:00:00Z", "2030-01-01T13:00:00Z"), 422, "SLOT_IN_PAST")
-        assert _create_slot(client, room, "2030-01-01T12:00:01Z", "2030-01-01T13:00:00Z").status_code == 201
+        assert_problem(post_slot(client, room, "2030-01-01T11:00:00Z", "2030-01-01T13:00:00Z"), 422, "SLOT_IN_PAST")
+        assert_problem(post_slot(client, room, "2030-01-01T12:00:00Z", "2030-01-01T13:00:00Z"), 422, "SLOT_IN_PAST")
+        assert post_slot(client, room, "2030-01-01T12:00:01Z", "2030-01-01T13:00:00Z").status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -366,8 +378,8 @@ def test_create_slot_in_the_past_returns_422(client: TestClient) -> None:
 def test_create_slot_overlapping_another_in_the_same_room_returns_409(client: TestClient, start: str, end: str) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        existing = _create_slot(client, room, "2030-01-02T10:00:00Z", "2030-01-02T12:00:00Z").json()["id"]
-        body = assert_problem(_create_slot(client, room, start, end), 409, "SLOT_OVERLAP")
+        existing = post_slot(client, room, "2030-01-02T10:00:00Z", "2030-01-02T12:00:00Z").json()["id"]
+        body = assert_problem(post_slot(client, room, start, end), 409, "SLOT_OVERLAP")
         listed = client.get("/slots", params={"room_id": room}).json()["items"]
     assert body["overlapping_slot_id"] == existing
     assert [item["id"] for item in listed] == [existing]
@@ -376,33 +388,62 @@ def test_create_slot_overlapping_another_in_the_same_room_returns_409(client: Te
 def test_create_slot_adjacent_to_another_returns_201(client: TestClient) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        assert _create_slot(client, room, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
-        assert _create_slot(client, room, "2030-01-02T11:00:00Z", "2030-01-02T12:00:00Z").status_code == 201
-        assert _create_slot(client, room, "2030-01-02T09:00:00Z", "2030-01-02T10:00:00Z").status_code == 201
+        assert post_slot(client, room, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
+        assert post_slot(client, room, "2030-01-02T11:00:00Z", "2030-01-02T12:00:00Z").status_code == 201
+        assert post_slot(client, room, "2030-01-02T09:00:00Z", "2030-01-02T10:00:00Z").status_code == 201
 
 
 def test_create_slot_overlapping_a_slot_of_another_room_returns_201(client: TestClient) -> None:
     first, second = make_room(client), make_room(client)
     with freeze_time(NOW):
-        assert _create_slot(client, first, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
-        assert _create_slot(client, second, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
+        assert post_slot(client, first, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
+        assert post_slot(client, second, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z").status_code == 201
 
 
-def test_create_slot_needs_the_admin_token(client: TestClient) -> None:
+def test_create_slot_without_the_admin_token_returns_403_or_401(client: TestClient) -> None:
     room, alice = make_room(client), make_user(client)
     with freeze_time(NOW):
         start, end = "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z"
-        assert_problem(_create_slot(client, room, start, end, headers=alice.auth), 403, "ADMIN_REQUIRED")
-        assert_problem(_create_slot(client, room, start, end, headers=None), 401, "MISSING_TOKEN")
-        bad = {"Authorization": "Bearer not-a-token"}
-        assert_problem(_create_slot(client, room, start, end, headers=bad), 401, "INVALID_TOKEN")
+        assert_problem(post_slot(client, room, start, end, headers=alice.auth), 403, "ADMIN_REQUIRED")
+        assert_problem(post_slot(client, room, start, end, headers=None), 401, "MISSING_TOKEN")
+        assert_problem(post_slot(client, room, start, end, headers=BAD_TOKEN), 401, "INVALID_TOKEN")
         assert client.get("/slots", params={"room_id": room}).json()["items"] == []
 
 
 def test_create_slot_in_unknown_room_returns_404(client: TestClient) -> None:
     with freeze_time(NOW):
-        response = _create_slot(client, UNKNOWN, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z")
+        response = post_slot(client, UNKNOWN, "2030-01-02T10:00:00Z", "2030-01-02T11:00:00Z")
     assert_problem(response, 404, "ROOM_NOT_FOUND")
+
+
+# --- racing slot creation ------------------------------------------------------------------------
+
+
+def _race_overlapping_slots(engine: Engine, room: uuid.UUID, racers: int) -> Counter[str]:
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+
+    def add(index: int, session: Session) -> str:
+        begin = start + timedelta(minutes=index)  # every pair of these overlaps
+        slot = SlotCreate(start_time=begin, end_time=begin + timedelta(hours=1))
+        try:
+            catalog.create_slot(session, room, slot)
+        except Conflict as exc:
+            return exc.code
+        finally:
+            session.close()  # hand its connection back at once (in-memory SQLite's pool holds one)
+        return "created"
+
+    with Racers(racers, lambda: Session(engine)) as pool:
+        return Counter(pool.race([functools.partial(add, i) for i in range(racers)], timeout=60))
+
+
+def test_racing_overlapping_slot_creation_creates_exactly_one(client: TestClient) -> None:
+    """The room-row lock: concurrent transactions adding overlapping slots to one room; one wins."""
+    engine: Engine = client.app.state.db.engine  # type: ignore[attr-defined]
+    racers = 12
+    for _ in range(5):
+        outcomes = _race_overlapping_slots(engine, uuid.UUID(make_room(client)), racers)
+        assert outcomes == {"created": 1, "SLOT_OVERLAP": racers - 1}, outcomes
 
 
 # --- DELETE /slots/{id} --------------------------------------------------------------------------
@@ -450,7 +491,7 @@ def test_delete_slot_after_its_hold_expired_returns_204(client: TestClient) -> N
         assert_problem(client.get(f"/slots/{slot}"), 404, "SLOT_NOT_FOUND")
 
 
-def test_delete_slot_needs_the_admin_token(client: TestClient) -> None:
+def test_delete_slot_without_the_admin_token_returns_403_or_401(client: TestClient) -> None:
     alice, slot = make_user(client), make_slot(client)
     assert_problem(client.delete(f"/slots/{slot}", headers=alice.auth), 403, "ADMIN_REQUIRED")
     assert_problem(client.delete(f"/slots/{slot}"), 401, "MISSING_TOKEN")

@@ -4,6 +4,7 @@ Many clients race for a few slots while a monitor polls the database for two liv
 afterwards the database is checked against everything the clients were told.
 """
 
+import functools
 import itertools
 import random
 import threading
@@ -23,6 +24,7 @@ from models import Hold
 from tests.conftest import POSTGRES_DB
 from tests.factories import ADMIN_TOKEN
 from tests.invariant import hold_claims, overlapping_claims, slots_with_two_live_claims
+from tests.race import http_racers
 from tests.server import running_server, seed_over_http
 
 pytestmark = pytest.mark.slow
@@ -46,9 +48,11 @@ def stress_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         url = f"sqlite:///{tmp_path_factory.mktemp('stress')}/stress.db"
     else:
         pg: Engine = request.getfixturevalue("postgres_engine")
-        with create_engine(pg.url.set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as conn:
+        admin = create_engine(pg.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{STRESS_DB}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{STRESS_DB}"'))
+        admin.dispose()  # its pooled connection would otherwise be dropped unclosed (a ResourceWarning)
         url = pg.url.set(database=STRESS_DB).render_as_string(hide_password=False)
     env = {"DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "SEED_DEMO_DATA": "false", "HOLD_TTL_SECONDS": str(TTL)}
     with running_server(env, workers=WORKERS) as base_url:
@@ -73,28 +77,27 @@ class Ledger:
                 self.acknowledged[action].add(hold_id or response.json()["hold_id"])
 
 
-def _client_loop(server: StressServer, index: int, deadline: float, ledger: Ledger) -> None:
+def _client_loop(server: StressServer, index: int, deadline: float, ledger: Ledger, client: httpx.Client) -> None:
     rng, headers = random.Random(index), server.users[index]
     hot_slots = server.slots[:SLOTS]
-    with httpx.Client(base_url=server.base_url, timeout=30) as client:
-        for _ in range(5000):
-            if time.monotonic() > deadline:
-                return
-            response = client.post("/holds", json={"slot_id": rng.choice(hot_slots)}, headers=headers)
-            ledger.record("hold", response)
-            if response.status_code != 201:
-                continue
-            hold, roll = response.json()["hold_id"], rng.random()
-            if roll < 0.35:
-                confirmed = client.post(f"/holds/{hold}/confirm", headers=headers)
-                ledger.record("confirm", confirmed, hold)
-                if confirmed.status_code == 200 and rng.random() < 0.8:
-                    ledger.record("cancel", client.post(f"/holds/{hold}/cancel", headers=headers), hold)
-            elif roll < 0.7:
-                ledger.record("release", client.post(f"/holds/{hold}/release", headers=headers), hold)
-            elif roll < 0.8:
-                ledger.record("extend", client.post(f"/holds/{hold}/extend", headers=headers), hold)
-            # else: abandoned, left to expire lazily
+    for _ in range(5000):
+        if time.monotonic() > deadline:
+            return
+        response = client.post("/holds", json={"slot_id": rng.choice(hot_slots)}, headers=headers)
+        ledger.record("hold", response)
+        if response.status_code != 201:
+            continue
+        hold, roll = response.json()["hold_id"], rng.random()
+        if roll < 0.35:
+            confirmed = client.post(f"/holds/{hold}/confirm", headers=headers)
+            ledger.record("confirm", confirmed, hold)
+            if confirmed.status_code == 200 and rng.random() < 0.8:
+                ledger.record("cancel", client.post(f"/holds/{hold}/cancel", headers=headers), hold)
+        elif roll < 0.7:
+            ledger.record("release", client.post(f"/holds/{hold}/release", headers=headers), hold)
+        elif roll < 0.8:
+            ledger.record("extend", client.post(f"/holds/{hold}/extend", headers=headers), hold)
+        # else: abandoned, left to expire lazily
 
 
 def test_four_workers_never_grant_two_live_claims(stress_server: StressServer) -> None:
@@ -111,13 +114,13 @@ def test_four_workers_never_grant_two_live_claims(stress_server: StressServer) -
     watcher = threading.Thread(target=monitor)
     watcher.start()
     deadline = time.monotonic() + SECONDS
-    clients = [threading.Thread(target=_client_loop, args=(stress_server, i, deadline, ledger)) for i in range(CLIENTS)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(timeout=SECONDS + 60)
-    stop.set()
-    watcher.join()
+    loops = [functools.partial(_client_loop, stress_server, i, deadline, ledger) for i in range(CLIENTS)]
+    try:
+        with http_racers(stress_server.base_url, CLIENTS) as racers:
+            racers.race(loops, timeout=SECONDS + 60)
+    finally:
+        stop.set()
+        watcher.join()
 
     print(f"stress statuses: {dict(ledger.statuses)}")
     assert not [code for code in ledger.statuses if code >= 500], ledger.statuses
@@ -152,21 +155,12 @@ def test_fifty_concurrent_holds_on_a_slot_with_an_expired_hold_grant_exactly_one
         stale = client.post("/holds", json={"slot_id": slot}, headers=first)
         assert stale.status_code == 201, stale.text
     time.sleep(TTL + 0.2)  # the hold lapses; nothing cleans it up
-    barrier, results, lock = threading.Barrier(racers), Counter(), threading.Lock()
-
-    def race(index: int) -> None:
-        with httpx.Client(base_url=stress_server.base_url, timeout=30) as client:
-            barrier.wait()
-            headers = stress_server.users[index % CLIENTS]
-            code = client.post("/holds", json={"slot_id": slot}, headers=headers).status_code
-        with lock:
-            results[code] += 1
-
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    calls = [
+        lambda c, h=stress_server.users[i % CLIENTS]: c.post("/holds", json={"slot_id": slot}, headers=h)  # type: ignore[misc]
+        for i in range(racers)
+    ]
+    with http_racers(stress_server.base_url, racers) as pool:
+        results = Counter(response.status_code for response in pool.race(calls, timeout=60))
     assert set(results) == {201, 409} and sum(results.values()) == racers, results
     with stress_server.engine.connect() as conn:
         rows = conn.execute(
@@ -182,25 +176,3 @@ def test_fifty_concurrent_holds_on_a_slot_with_an_expired_hold_grant_exactly_one
     assert [w.status for w in winners] == ["EXPIRED"] * (len(winners) - 1) + ["HOLD"]
     for previous, later in itertools.pairwise(winners):
         assert later.created_date >= previous.expires_at, (previous, later)
-
-
-def test_stopping_the_server_closes_its_postgres_connections(postgres_engine: Engine) -> None:
-    url = postgres_engine.url.render_as_string(hide_password=False)
-
-    def open_connections() -> int:
-        with postgres_engine.connect() as conn:
-            return conn.scalar(
-                text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'booking-api' AND datname = :db"),
-                {"db": postgres_engine.url.database},
-            )
-
-    env = {"DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "SEED_DEMO_DATA": "false"}
-    with running_server(env, workers=2) as base_url:
-        with httpx.Client(base_url=base_url) as client:
-            for _ in range(20):
-                assert client.get("/slots").status_code == 200
-        assert open_connections() > 0
-    deadline = time.monotonic() + 10
-    while open_connections() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert open_connections() == 0

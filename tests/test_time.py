@@ -1,5 +1,5 @@
 """Time handling: any offset names one instant, responses are UTC, the server's zone never leaks in,
-SQLite stores one canonical text form, and the frozen-clock edges of expiry."""
+and SQLite stores one canonical text form. (A hold's expiry edges are in test_holds.py.)"""
 
 import os
 import re
@@ -17,25 +17,24 @@ from freezegun import freeze_time
 from main import create_app
 from tests.factories import (
     ADMIN,
+    CONFIRM_GONE,
     TTL,
-    ApiUser,
     assert_problem,
+    hold_status,
     isolated_settings,
     make_hold,
     make_room,
     make_slot,
     make_user,
+    parse_time,
+    post_slot,
+    slot_status,
 )
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
-CONFIRM_GONE = "Hold not found or expired."
 OFFSETS = ["-12:00", "-09:30", "-03:00", "Z", "+00:00", "+05:30", "+05:45", "+09:00", "+12:45", "+14:00"]
 DATETIME_KEYS = {"start_time", "end_time", "expires_at", "confirmed_at", "created_date", "last_updated_date"}
 CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _at(instant: datetime, offset: str) -> str:
@@ -45,20 +44,6 @@ def _at(instant: datetime, offset: str) -> str:
     sign = -1 if offset.startswith("-") else 1
     hours, minutes = (int(part) for part in offset[1:].split(":"))
     return instant.astimezone(timezone(sign * timedelta(hours=hours, minutes=minutes))).isoformat()
-
-
-def _create_slot(client: TestClient, room: str, start: str, end: str):
-    return client.post(f"/rooms/{room}/slots", json={"start_time": start, "end_time": end}, headers=ADMIN)
-
-
-def _slot_status(client: TestClient, slot: str, user: ApiUser | None = None) -> str:
-    response = client.get(f"/slots/{slot}", headers=user.auth if user else None)
-    assert response.status_code == 200, response.text
-    return response.json()["status"]
-
-
-def _hold_status(client: TestClient, hold_id: str, user: ApiUser) -> str:
-    return client.get(f"/holds/{hold_id}", headers=user.auth).json()["status"]
 
 
 def _datetimes(body: Any) -> Iterator[str]:
@@ -99,13 +84,13 @@ def test_slot_overlap_is_decided_on_the_instant_whatever_the_offset(client: Test
     start = datetime(2030, 1, 1, 20, tzinfo=UTC)
     with freeze_time(NOW):
         # 20:00Z-21:00Z written at +14:00, where the local date is already the 2nd.
-        assert _create_slot(client, room, "2030-01-02T10:00:00+14:00", "2030-01-02T11:00:00+14:00").status_code == 201
-        same = _create_slot(client, room, _at(start, offset), _at(start + timedelta(hours=1), offset))
-        inside = _create_slot(
+        assert post_slot(client, room, "2030-01-02T10:00:00+14:00", "2030-01-02T11:00:00+14:00").status_code == 201
+        same = post_slot(client, room, _at(start, offset), _at(start + timedelta(hours=1), offset))
+        inside = post_slot(
             client, room, _at(start + timedelta(minutes=15), offset), _at(start + timedelta(minutes=45), offset)
         )
-        before = _create_slot(client, room, _at(start - timedelta(hours=1), offset), _at(start, offset))
-        after = _create_slot(
+        before = post_slot(client, room, _at(start - timedelta(hours=1), offset), _at(start, offset))
+        after = post_slot(
             client, room, _at(start + timedelta(hours=1), offset), _at(start + timedelta(hours=2), offset)
         )
     assert_problem(same, 409, "SLOT_OVERLAP")
@@ -118,15 +103,11 @@ def test_slot_overlap_is_decided_on_the_instant_whatever_the_offset(client: Test
 def test_slot_in_the_past_is_decided_on_the_instant_whatever_the_offset(client: TestClient, offset: str) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        past = _create_slot(
-            client, room, _at(NOW - timedelta(seconds=1), offset), _at(NOW + timedelta(hours=1), offset)
-        )
-        future = _create_slot(
-            client, room, _at(NOW + timedelta(seconds=1), offset), _at(NOW + timedelta(hours=1), offset)
-        )
+        past = post_slot(client, room, _at(NOW - timedelta(seconds=1), offset), _at(NOW + timedelta(hours=1), offset))
+        future = post_slot(client, room, _at(NOW + timedelta(seconds=1), offset), _at(NOW + timedelta(hours=1), offset))
     assert_problem(past, 422, "SLOT_IN_PAST")
     assert future.status_code == 201, future.text
-    assert _parse(future.json()["start_time"]) == NOW + timedelta(seconds=1)
+    assert parse_time(future.json()["start_time"]) == NOW + timedelta(seconds=1)
 
 
 @pytest.mark.parametrize("offset", OFFSETS)
@@ -148,7 +129,7 @@ def test_hold_on_slot_starting_now_in_another_offset_returns_409_started(client:
     alice, room = make_user(client), make_room(client)
     start = datetime(2030, 1, 1, 12, 30, tzinfo=UTC)
     with freeze_time(NOW) as clock:
-        slot = _create_slot(client, room, _at(start, offset), _at(start + timedelta(hours=1), offset)).json()["id"]
+        slot = post_slot(client, room, _at(start, offset), _at(start + timedelta(hours=1), offset)).json()["id"]
         clock.tick(timedelta(minutes=30) - timedelta(seconds=1))
         hold = make_hold(client, alice, slot)
         assert client.post(f"/holds/{hold['hold_id']}/release", headers=alice.auth).status_code == 200
@@ -162,7 +143,7 @@ def test_hold_on_slot_starting_now_in_another_offset_returns_409_started(client:
 )
 def test_time_outside_the_utc_range_returns_422_not_500(client: TestClient, path: str, value: str) -> None:
     if path == "slot":
-        response = _create_slot(client, make_room(client), value, "9999-12-31T23:00:00-12:00")
+        response = post_slot(client, make_room(client), value, "9999-12-31T23:00:00-12:00")
     else:
         response = client.get("/slots", params={path: value})
     assert_problem(response, 422, "VALIDATION_ERROR")
@@ -174,7 +155,7 @@ def test_time_outside_the_utc_range_returns_422_not_500(client: TestClient, path
 def test_every_response_datetime_is_utc_with_z(client: TestClient) -> None:
     alice, room = make_user(client), make_room(client)
     with freeze_time("2030-01-01T17:30:00+05:30"):  # 12:00Z
-        created = _create_slot(client, room, "2030-01-02T10:00:00+14:00", "2030-01-01T09:00:00-12:00")
+        created = post_slot(client, room, "2030-01-02T10:00:00+14:00", "2030-01-01T09:00:00-12:00")
         slot = created.json()["id"]
         hold = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)
         extended = client.post(f"/holds/{hold.json()['hold_id']}/extend", headers=alice.auth)
@@ -219,11 +200,11 @@ def test_expiry_decisions_are_unchanged_by_the_process_time_zone(process_tz: str
         hold = make_hold(client, alice, slot)
         assert hold["expires_at"] == "2030-01-01T12:05:00Z"
         clock.tick(TTL - 1)
-        assert _slot_status(client, slot, alice) == "HELD_BY_ME"
-        assert _hold_status(client, hold["hold_id"], alice) == "HOLD"
+        assert slot_status(client, slot, alice) == "HELD_BY_ME"
+        assert hold_status(client, hold["hold_id"], alice) == "HOLD"
         clock.tick(1)
-        assert _slot_status(client, slot, bob) == "AVAILABLE"
-        assert _hold_status(client, hold["hold_id"], alice) == "EXPIRED"
+        assert slot_status(client, slot, bob) == "AVAILABLE"
+        assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
         body = assert_problem(client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
         assert body["detail"] == CONFIRM_GONE
         assert make_hold(client, bob, slot)["expires_at"] == "2030-01-01T12:10:00Z"
@@ -232,14 +213,12 @@ def test_expiry_decisions_are_unchanged_by_the_process_time_zone(process_tz: str
 def test_slot_rules_are_unchanged_by_the_process_time_zone(process_tz: str, client: TestClient) -> None:
     room = make_room(client)
     with freeze_time(NOW):
-        assert_problem(_create_slot(client, room, "2030-01-01T11:59:59Z", "2030-01-01T13:00:00Z"), 422, "SLOT_IN_PAST")
-        created = _create_slot(client, room, "2030-01-01T12:00:01Z", "2030-01-01T13:00:00Z")
+        assert_problem(post_slot(client, room, "2030-01-01T11:59:59Z", "2030-01-01T13:00:00Z"), 422, "SLOT_IN_PAST")
+        created = post_slot(client, room, "2030-01-01T12:00:01Z", "2030-01-01T13:00:00Z")
         assert created.json()["start_time"] == "2030-01-01T12:00:01Z"
-        assert_problem(_create_slot(client, room, "2030-01-01T12:30:00Z", "2030-01-01T14:00:00Z"), 409, "SLOT_OVERLAP")
+        assert_problem(post_slot(client, room, "2030-01-01T12:30:00Z", "2030-01-01T14:00:00Z"), 409, "SLOT_OVERLAP")
         # A naive time is refused rather than read in the server's zone.
-        assert_problem(
-            _create_slot(client, room, "2030-01-02T10:00:00", "2030-01-02T11:00:00"), 422, "VALIDATION_ERROR"
-        )
+        assert_problem(post_slot(client, room, "2030-01-02T10:00:00", "2030-01-02T11:00:00"), 422, "VALIDATION_ERROR")
         listed = client.get("/slots", params={"room_id": room}).json()["items"]
     assert [item["start_time"] for item in listed] == ["2030-01-01T12:00:01Z"]
 
@@ -252,14 +231,14 @@ def test_expiry_decisions_are_unchanged_by_freezegun_tz_offset(client: TestClien
     with freeze_time("2030-01-01 12:00:00", tz_offset=tz_offset) as clock:
         slot = make_slot(client)
         hold = make_hold(client, alice, slot)
-        assert _parse(hold["expires_at"]) - _parse(hold["created_date"]) == timedelta(seconds=TTL)
+        assert parse_time(hold["expires_at"]) - parse_time(hold["created_date"]) == timedelta(seconds=TTL)
         assert hold["expires_at"].endswith("Z")
         clock.tick(TTL - 1)
-        assert _slot_status(client, slot, alice) == "HELD_BY_ME"
-        assert _slot_status(client, slot, bob) == "HELD_BY_OTHER"
+        assert slot_status(client, slot, alice) == "HELD_BY_ME"
+        assert slot_status(client, slot, bob) == "HELD_BY_OTHER"
         clock.tick(1)
-        assert _slot_status(client, slot, alice) == "AVAILABLE"
-        assert _hold_status(client, hold["hold_id"], alice) == "EXPIRED"
+        assert slot_status(client, slot, alice) == "AVAILABLE"
+        assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"
         assert_problem(client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
 
 
@@ -289,9 +268,9 @@ def test_sqlite_stores_every_datetime_in_one_canonical_utc_text_form(tmp_path: P
         room = make_room(client)
         with freeze_time("2030-01-01T12:00:00.123456Z") as clock:
             slots = [
-                _create_slot(client, room, "2030-01-02T10:00:00+14:00", "2030-01-01T09:00:00-12:00").json()["id"],
-                _create_slot(client, room, "2030-01-01T21:00:00.5Z", "2030-01-01T22:00:00+00:00").json()["id"],
-                _create_slot(client, room, "2030-01-02T03:30:00+05:30", "2030-01-01T23:00:00Z").json()["id"],
+                post_slot(client, room, "2030-01-02T10:00:00+14:00", "2030-01-01T09:00:00-12:00").json()["id"],
+                post_slot(client, room, "2030-01-01T21:00:00.5Z", "2030-01-01T22:00:00+00:00").json()["id"],
+                post_slot(client, room, "2030-01-02T03:30:00+05:30", "2030-01-01T23:00:00Z").json()["id"],
             ]
             booked = make_hold(client, alice, slots[0])["hold_id"]
             client.post(f"/holds/{booked}/extend", headers=alice.auth)
@@ -326,78 +305,7 @@ def test_sqlite_file_database_judges_expiry_on_the_instant(tmp_path: Path) -> No
             slot = make_slot(client)
             hold = make_hold(client, alice, slot)
             clock.move_to("2030-01-03T00:02:59+12:00")  # 2030-01-02T12:02:59Z, one second before expiry
-            assert _slot_status(client, slot, bob) == "HELD_BY_OTHER"
+            assert slot_status(client, slot, bob) == "HELD_BY_OTHER"
             clock.move_to("2030-01-02T17:33:00+05:30")  # 12:03Z: expired
-            assert _slot_status(client, slot, bob) == "AVAILABLE"
-            assert _hold_status(client, hold["hold_id"], alice) == "EXPIRED"
-
-
-# --- the frozen-clock edges of expiry ---------------------------------------------------------------
-
-
-def test_hold_is_live_one_second_before_expires_at_and_gone_at_it(client: TestClient) -> None:
-    alice, bob = make_user(client), make_user(client)
-    with freeze_time(NOW) as clock:
-        slot = make_slot(client)
-        hold = make_hold(client, alice, slot)
-        expires_at = _parse(hold["expires_at"])
-        assert expires_at == NOW + timedelta(seconds=TTL)
-
-        clock.move_to(expires_at - timedelta(seconds=1))
-        mine = client.get(f"/slots/{slot}", headers=alice.auth).json()
-        assert mine["status"] == "HELD_BY_ME" and mine["hold_id"] == hold["hold_id"]
-        assert _slot_status(client, slot, bob) == "HELD_BY_OTHER"
-        assert _slot_status(client, slot) == "HELD_BY_OTHER"
-        assert _hold_status(client, hold["hold_id"], alice) == "HOLD"
-        assert_problem(client.post("/holds", json={"slot_id": slot}, headers=bob.auth), 409, "SLOT_UNAVAILABLE")
-
-        clock.move_to(expires_at)
-        mine = client.get(f"/slots/{slot}", headers=alice.auth).json()
-        assert mine["status"] == "AVAILABLE" and mine["hold_id"] is None and mine["expires_at"] is None
-        assert _slot_status(client, slot, bob) == "AVAILABLE"
-        assert _slot_status(client, slot) == "AVAILABLE"
-        assert _hold_status(client, hold["hold_id"], alice) == "EXPIRED"
-
-
-def test_confirm_one_second_before_expiry_returns_200(client: TestClient) -> None:
-    alice = make_user(client)
-    with freeze_time(NOW) as clock:
-        hold = make_hold(client, alice, make_slot(client))
-        clock.tick(TTL - 1)
-        response = client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth)
-    assert response.status_code == 200, response.text
-    assert response.json()["confirmed_at"] == "2030-01-01T12:04:59Z"
-
-
-@pytest.mark.parametrize("after", [0, 1])
-def test_confirm_expired_hold_returns_410_with_contract_detail(client: TestClient, after: int) -> None:
-    alice = make_user(client)
-    with freeze_time(NOW) as clock:
-        hold = make_hold(client, alice, make_slot(client))
-        clock.tick(TTL + after)
-        body = assert_problem(client.post(f"/holds/{hold['hold_id']}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert _hold_status(client, hold["hold_id"], alice) == "EXPIRED"
-    assert body["detail"] == CONFIRM_GONE
-
-
-def test_after_expiry_second_user_holds_and_first_can_neither_confirm_nor_extend(client: TestClient) -> None:
-    alice, bob = make_user(client), make_user(client)
-    with freeze_time(NOW) as clock:
-        slot = make_slot(client)
-        first = make_hold(client, alice, slot)["hold_id"]
-        clock.tick(TTL + 1)
-        second = make_hold(client, bob, slot)
-
-        confirm = assert_problem(client.post(f"/holds/{first}/confirm", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert confirm["detail"] == CONFIRM_GONE
-        assert_problem(client.post(f"/holds/{first}/extend", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert_problem(client.post(f"/holds/{first}/release", headers=alice.auth), 410, "HOLD_EXPIRED")
-        assert_problem(client.post("/holds", json={"slot_id": slot}, headers=alice.auth), 409, "SLOT_UNAVAILABLE")
-
-        # Bob's hold is untouched by alice's attempts and still his to confirm.
-        assert _hold_status(client, first, alice) == "EXPIRED"
-        assert _hold_status(client, second["hold_id"], bob) == "HOLD"
-        assert _slot_status(client, slot, bob) == "HELD_BY_ME"
-        assert _slot_status(client, slot, alice) == "HELD_BY_OTHER"
-        assert client.post(f"/holds/{second['hold_id']}/confirm", headers=bob.auth).status_code == 200
-        assert _slot_status(client, slot, alice) == "BOOKED"
+            assert slot_status(client, slot, bob) == "AVAILABLE"
+            assert hold_status(client, hold["hold_id"], alice) == "EXPIRED"

@@ -80,6 +80,6 @@ def test_cached_answers_only_for_tokens_already_seen_valid() -> None:
     db.dispose()
 
 
-def test_a_cache_of_no_entries_is_refused() -> None:
+def test_a_cache_of_no_entries_raises_value_error() -> None:
     with pytest.raises(ValueError):
         TokenCache(max_entries=0)

@@ -7,17 +7,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 from main import create_app
-from tests.factories import ADMIN, assert_problem, isolated_settings, make_hold, make_slot, make_user
-
-UNKNOWN = str(uuid.uuid4())
+from tests.factories import (
+    ADMIN,
+    BAD_TOKEN,
+    UNKNOWN,
+    assert_problem,
+    bearer,
+    isolated_settings,
+    make_hold,
+    make_slot,
+    make_user,
+)
 
 
 def _register(client: TestClient, handle: object, **fields: object):
     return client.post("/users", json={"name": "Someone", "handle": handle, **fields})
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # --- POST /users and GET /users/me -----------------------------------------------------------------
@@ -30,7 +34,7 @@ def test_register_returns_201_with_a_token_that_works_on_me(client: TestClient) 
     assert body["handle"] == "alice" and body["name"] == "Someone" and body["email"] == "alice@example.com"
     assert uuid.UUID(body["id"]).version == 4
     assert body["created_date"] and body["last_updated_date"]
-    me = client.get("/users/me", headers=_bearer(body["token"]))
+    me = client.get("/users/me", headers=bearer(body["token"]))
     assert me.status_code == 200
     assert me.json()["id"] == body["id"] and me.json()["handle"] == "alice"
     assert "token" not in me.json()  # the token is shown only at sign-up
@@ -39,7 +43,7 @@ def test_register_returns_201_with_a_token_that_works_on_me(client: TestClient) 
 def test_register_stores_the_handle_lowercase(client: TestClient) -> None:
     body = _register(client, "Alice_Smith42").json()
     assert body["handle"] == "alice_smith42"
-    assert client.get("/users/me", headers=_bearer(body["token"])).json()["handle"] == "alice_smith42"
+    assert client.get("/users/me", headers=bearer(body["token"])).json()["handle"] == "alice_smith42"
 
 
 @pytest.mark.parametrize("handle", ["a", "A", "_", "0", "a" * 32, "UPPER_lower_09"])
@@ -63,7 +67,7 @@ def test_register_duplicate_handle_in_another_case_returns_409(client: TestClien
     assert_problem(_register(client, "alice"), 409, "HANDLE_TAKEN")
     assert_problem(_register(client, "ALICE"), 409, "HANDLE_TAKEN")
     # The first user is untouched and still authenticates.
-    me = client.get("/users/me", headers=_bearer(first.json()["token"]))
+    me = client.get("/users/me", headers=bearer(first.json()["token"]))
     assert me.status_code == 200 and me.json()["id"] == first.json()["id"]
 
 
@@ -93,9 +97,9 @@ def test_register_missing_name_or_extra_field_returns_422(client: TestClient, bo
     assert_problem(client.post("/users", json=body), 422, "VALIDATION_ERROR")
 
 
-def test_me_needs_a_valid_user_token(client: TestClient) -> None:
+def test_me_without_a_valid_user_token_returns_401(client: TestClient) -> None:
     assert_problem(client.get("/users/me"), 401, "MISSING_TOKEN")
-    assert_problem(client.get("/users/me", headers=_bearer("not-a-token")), 401, "INVALID_TOKEN")
+    assert_problem(client.get("/users/me", headers=BAD_TOKEN), 401, "INVALID_TOKEN")
     assert_problem(client.get("/users/me", headers=ADMIN), 401, "INVALID_TOKEN")
     assert_problem(client.get("/users/me", headers={"Authorization": "Basic abc"}), 401, "MISSING_TOKEN")
 
@@ -110,7 +114,7 @@ def test_admin_issues_a_new_token_and_the_old_one_still_works(client: TestClient
     body = response.json()
     assert body["user_id"] == alice.id and body["token"] != alice.token
     for token in (body["token"], alice.token):
-        me = client.get("/users/me", headers=_bearer(token))
+        me = client.get("/users/me", headers=bearer(token))
         assert me.status_code == 200 and me.json()["id"] == alice.id
 
 
@@ -118,7 +122,7 @@ def test_token_issued_by_admin_acts_as_the_user(client: TestClient) -> None:
     alice = make_user(client)
     token = client.post(f"/users/{alice.id}/token", headers=ADMIN).json()["token"]
     slot = make_slot(client)
-    response = client.post("/holds", json={"slot_id": slot, "user_id": alice.id}, headers=_bearer(token))
+    response = client.post("/holds", json={"slot_id": slot, "user_id": alice.id}, headers=bearer(token))
     assert response.status_code == 201 and response.json()["user_id"] == alice.id
     assert client.get(f"/holds/{response.json()['hold_id']}", headers=alice.auth).status_code == 200
 
@@ -132,7 +136,7 @@ def test_issue_token_with_a_user_token_returns_403(client: TestClient) -> None:
 def test_issue_token_without_a_valid_token_returns_401(client: TestClient) -> None:
     alice = make_user(client)
     assert_problem(client.post(f"/users/{alice.id}/token"), 401, "MISSING_TOKEN")
-    assert_problem(client.post(f"/users/{alice.id}/token", headers=_bearer("not-a-token")), 401, "INVALID_TOKEN")
+    assert_problem(client.post(f"/users/{alice.id}/token", headers=BAD_TOKEN), 401, "INVALID_TOKEN")
 
 
 def test_issue_token_for_unknown_user_returns_404(client: TestClient) -> None:
@@ -152,10 +156,10 @@ def test_tokens_work_across_two_apps_on_the_same_sqlite_file(tmp_path: Path) -> 
 
         # A token issued on the second worker works on the first, and acts on data of both.
         token = second.post(f"/users/{alice.id}/token", headers=ADMIN).json()["token"]
-        assert first.get("/users/me", headers=_bearer(token)).json()["id"] == alice.id
+        assert first.get("/users/me", headers=bearer(token)).json()["id"] == alice.id
         slot = make_slot(first)
         hold = make_hold(second, alice, slot)
-        assert first.get(f"/holds/{hold['hold_id']}", headers=_bearer(token)).json()["status"] == "HOLD"
+        assert first.get(f"/holds/{hold['hold_id']}", headers=bearer(token)).json()["status"] == "HOLD"
 
         # The handle is taken on both workers.
         assert_problem(second.post("/users", json={"name": "A", "handle": alice.handle.upper()}), 409, "HANDLE_TAKEN")
