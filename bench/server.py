@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.record import Rss
+from bench.subscribers import raise_fd_limit
 from serving import uvicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +31,10 @@ _LIBC = ctypes.CDLL(None)  # loaded here, not in the forked child
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the benchmark itself dies (even by SIGKILL)."""
+    """In the child, before exec: get SIGTERM if the benchmark itself dies (even by SIGKILL); lift the fd limit."""
     with contextlib.suppress(Exception):
         _LIBC.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    raise_fd_limit()
 
 
 def free_port() -> int:
@@ -98,7 +100,7 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # only a prctl() call: safe between fork and exec
+            preexec_fn=_die_with_parent,  # prctl() and setrlimit() only: safe between fork and exec
         )
         log.close()
         _RUNNING.append(self)

@@ -79,3 +79,38 @@ def test_quick_bench_prints_the_table_and_targets(quick_result: dict) -> None:
     assert "Service scenarios" in out
     assert "Targets of issue 4" in out
     assert quick_result["targets"]
+
+
+@pytest.fixture(scope="module")
+def fanout_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("fanout") / "fanout-quick.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.exists(), f"no JSON written (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+def test_quick_fanout_measures_delivery_and_memory(fanout_result: dict) -> None:
+    (row,) = fanout_result["rows"]
+    assert (row["backend"], row["subscribers"], row["connected"]) == ("memory", 100, 100)
+    assert row["writes_2xx"] > 0
+    assert row["events_received"] > 0 and row["events_per_s"] > 0
+    assert row["delivery_ms"]["samples"] > 0
+    assert row["delivery_ms"]["p50"] is not None and row["delivery_ms"]["p99"] is not None
+    assert row["memory"]["per_idle_subscriber_kb"] is not None
+    assert row["memory"]["idle_mb"] > 0
+
+
+def test_quick_fanout_every_board_matches_get_slots(fanout_result: dict) -> None:
+    (row,) = fanout_result["rows"]
+    assert row["boards_checked"] == 100
+    assert row["boards_mismatched"] == 0, row["mismatch_samples"]
+    assert row["missing_deliveries"] == 0
+    assert row["streams_lost_early"] == 0
+    assert not fanout_result["failures"], fanout_result["failures"]
