@@ -14,7 +14,7 @@ from auth import TokenCache, issue_token, resolve_admin_token
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
-from routers import health, holds, rooms, slots, users
+from routers import health, holds, page, rooms, slots, users
 
 
 def _start(app: FastAPI) -> None:
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (users, rooms, slots, holds, health):
+    for module in (users, rooms, slots, holds, health, page):
         app.include_router(module.router)
     return app
 
