@@ -489,7 +489,7 @@ async function onSlotClick(slotId) {
       held_until: hold.expires_at,
     });
     renderGrid();
-    say(`Held ${span(stored)} until ${when(hold.expires_at)}. Confirm it to book.`, "ok");
+    say(`Held ${dayFormat.format(new Date(stored.start_time))}, ${span(stored)} until ${when(hold.expires_at)}. Confirm it to book.`, "ok");
     await refreshMine();
   } catch (error) {
     sayProblem(error);
