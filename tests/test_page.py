@@ -77,6 +77,13 @@ def server() -> Iterator[str]:
         yield base_url
 
 
+@pytest.fixture(scope="module")
+def short_ttl_server() -> Iterator[str]:
+    """A server whose holds lapse after SHORT_TTL seconds."""
+    with running_server(_server_env(SHORT_TTL)) as base_url:
+        yield base_url
+
+
 @pytest.fixture
 def open_page(browser) -> Iterator[Callable[[str], BookingPage]]:  # type: ignore[no-untyped-def]
     """Opens the page as a new user (a new browser context); checks it raised no script error."""
@@ -155,29 +162,28 @@ def test_release_shows_the_slot_free_in_the_other_users_grid(server, open_page) 
 
 
 @pytest.mark.slow
-def test_lapsed_hold_shows_the_slot_free_to_both_users(browser, open_page) -> None:  # type: ignore[no-untyped-def]
+def test_lapsed_hold_shows_the_slot_free_to_both_users(short_ttl_server, open_page) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import expect
 
-    with running_server(_server_env(SHORT_TTL)) as base_url:
-        room = seed_room(base_url, ADMIN_TOKEN, slots=2, start=tomorrow_at(9))
-        slot = room.slot_ids[0]
-        a, b = open_page(base_url), open_page(base_url)
-        a.paste_token(new_user_token(base_url, "Ann"))
-        b.paste_token(new_user_token(base_url, "Ben"))
-        a.choose(room)
-        b.choose(room)
+    room = seed_room(short_ttl_server, ADMIN_TOKEN, slots=2, start=tomorrow_at(9))
+    slot = room.slot_ids[0]
+    a, b = open_page(short_ttl_server), open_page(short_ttl_server)
+    a.paste_token(new_user_token(short_ttl_server, "Ann"))
+    b.paste_token(new_user_token(short_ttl_server, "Ben"))
+    a.choose(room)
+    b.choose(room)
 
-        a.slot(slot).click()
-        expect(a.hold_card(slot).locator(".countdown")).to_have_text(re.compile(r"^0:0[0-3] left"))
-        expect(b.status(slot)).to_have_text(re.compile(r"^Held until "), timeout=LIVE_MS)
+    a.slot(slot).click()
+    expect(a.hold_card(slot).locator(".countdown")).to_have_text(re.compile(r"^0:0[0-3] left"))
+    expect(b.status(slot)).to_have_text(re.compile(r"^Held until "), timeout=LIVE_MS)
 
-        # Nobody acts: the hold's time runs out, and both grids show the slot free again.
-        lapse_ms = SHORT_TTL * 1000 + LIVE_MS
-        expect(a.status(slot)).to_have_text("Available", timeout=lapse_ms)
-        expect(b.status(slot)).to_have_text("Available", timeout=lapse_ms)
-        expect(a.hold_card(slot)).to_have_count(0)
-        expect(a.message).to_have_text(re.compile(r"^Your hold has expired: .*\. The slot is free again\.$"))
-        expect(a.message).to_contain_text(f"09:00{DASH}10:00")
+    # Nobody acts: the hold's time runs out, and both grids show the slot free again.
+    lapse_ms = SHORT_TTL * 1000 + LIVE_MS
+    expect(a.status(slot)).to_have_text("Available", timeout=lapse_ms)
+    expect(b.status(slot)).to_have_text("Available", timeout=lapse_ms)
+    expect(a.hold_card(slot)).to_have_count(0)
+    expect(a.message).to_have_text(re.compile(r"^Your hold has expired: .*\. The slot is free again\.$"))
+    expect(a.message).to_contain_text(f"09:00{DASH}10:00")
 
 
 @pytest.mark.slow
