@@ -16,7 +16,7 @@ from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from live import Hub
-from routers import health, holds, rooms, slots, stats, users
+from routers import health, holds, page, rooms, slots, stats, users
 from state import AppState
 from tokens import TokenCache
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=partial(lifespan, settings=settings),
     )
     install_error_handlers(app)
-    for module in (users, rooms, slots, holds, health, stats):
+    for module in (users, rooms, slots, holds, health, stats, page):
         app.include_router(module.router)
     return app
 
