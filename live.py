@@ -71,15 +71,19 @@ class Change:
     room_id: uuid.UUID
     starts_at: datetime
     row: Any
-    # The rendering for every caller but the claim's owner, made once per batch.
+    # The frame for every caller but the claim's owner, made once per batch for all streams.
     _shared: bytes | None = field(default=None, repr=False)
 
-    def render(self, viewer_id: uuid.UUID | None, now: datetime) -> bytes:
-        """This slot as GET /slots/{id} shows it to the caller at `now`, as JSON."""
+    def frame(self, viewer_id: uuid.UUID | None, now: datetime) -> bytes:
+        """This change as an SSE event for the caller: the slot as GET /slots/{id} shows it at `now`."""
+        if self.row is None:
+            if self._shared is None:
+                self._shared = sse_frame("slot_deleted", self.position, b'{"id":"%s"}' % str(self.slot_id).encode())
+            return self._shared
         if viewer_id is not None and self.row.claim_user_id == viewer_id:
-            return render(self.row, viewer_id, now)
+            return sse_frame("slot", self.position, render(self.row, viewer_id, now))
         if self._shared is None:
-            self._shared = render(self.row, None, now)
+            self._shared = sse_frame("slot", self.position, render(self.row, None, now))
         return self._shared
 
 
@@ -95,6 +99,11 @@ class Batch:
 def render(row: Any, viewer_id: uuid.UUID | None, now: datetime) -> bytes:
     """One slot row as JSON for this caller at `now`."""
     return _SLOT_SERIALIZER.to_json(slot_view(row, viewer_id, now))
+
+
+def sse_frame(kind: str, position: int, data: bytes) -> bytes:
+    """One Server-Sent Event, encoded once: the stream writes these bytes as they are."""
+    return b"event: %s\r\nid: %d\r\ndata: %s\r\n\r\n" % (kind.encode(), position, data)
 
 
 # --- reading the log ---------------------------------------------------------------------------
@@ -208,23 +217,28 @@ class Board:
     def __init__(self, position: int) -> None:
         self.position = position
         self._held: dict[uuid.UUID, Any] = {}
+        self._next_lapse: datetime | None = None  # kept with _held: read on every wake-up of every stream
 
     def shown(self, slot_id: uuid.UUID, row: Any, now: datetime) -> None:
         """The client now shows this row (None: the slot is gone)."""
         if row is not None and row.claim_status == HOLD and row.claim_expires_at > now:
             self._held[slot_id] = row
-        else:
-            self._held.pop(slot_id, None)
+        elif self._held.pop(slot_id, None) is None:
+            return
+        self._next_lapse = min((held.claim_expires_at for held in self._held.values()), default=None)
 
     def next_lapse(self) -> datetime | None:
         """When the earliest shown hold ends."""
-        return min((row.claim_expires_at for row in self._held.values()), default=None)
+        return self._next_lapse
 
     def lapsed(self, now: datetime) -> list[Any]:
         """The shown holds that have ended by `now`; each is forgotten as it is returned."""
+        if self._next_lapse is None or self._next_lapse > now:
+            return []
         ended = [row for row in self._held.values() if row.claim_expires_at <= now]
         for row in ended:
             del self._held[row.id]
+        self._next_lapse = min((held.claim_expires_at for held in self._held.values()), default=None)
         return ended
 
 
@@ -233,14 +247,14 @@ class Subscriber:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(QUEUE_LIMIT)
-        self.overflowed = asyncio.Event()
+        self.overflowed = False
 
     def offer(self, batch: Batch) -> None:
         """Queue a batch; a full queue ends the stream instead of growing."""
         try:
             self.queue.put_nowait(batch)
         except asyncio.QueueFull:
-            self.overflowed.set()
+            self.overflowed = True  # the stream is busy sending, not waiting: it sees this next
 
 
 class Hub:
@@ -350,7 +364,7 @@ def parse_last_event_id(value: str | None) -> int | None:
 
 async def open_events(
     hub: Hub, scope: Range, viewer_id: uuid.UUID | None, last_event_id: int | None
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[bytes]:
     """Subscribe, read the opening state (errors raise here, before any byte is sent), return the events."""
     subscriber = Subscriber()
     hub.subscribe(subscriber)  # before reading: every batch from here on reaches this stream
@@ -362,19 +376,15 @@ async def open_events(
     return _events(hub, subscriber, scope, viewer_id, opening)
 
 
-def _event(kind: str, position: int, data: bytes) -> dict[str, Any]:
-    return {"event": kind, "id": str(position), "data": data.decode()}
-
-
-def _change_event(change: Change, viewer_id: uuid.UUID | None, now: datetime) -> dict[str, Any]:
-    if change.row is None:
-        return _event("slot_deleted", change.position, b'{"id":"%s"}' % str(change.slot_id).encode())
-    return _event("slot", change.position, change.render(viewer_id, now))
+# After the snapshot: a reconnecting EventSource waits a second. Sent as its own write so the
+# server's send loop lets go of the snapshot's bytes while the stream is idle.
+_RETRY = b"retry: 1000\r\n\r\n"
+_HEARTBEAT = b": ping\r\n\r\n"
 
 
 async def _events(
     hub: Hub, subscriber: Subscriber, scope: Range, viewer_id: uuid.UUID | None, opening: Opening
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[bytes]:
     board = Board(opening.position)
     now = utc_now()
     for row in opening.rows:
@@ -382,40 +392,48 @@ async def _events(
     try:
         if opening.resumed is None:
             items = b",".join(render(row, viewer_id, now) for row in opening.rows)
-            yield _event("snapshot", opening.position, b'{"items":[' + items + b"]}")
+            yield sse_frame("snapshot", opening.position, b'{"items":[' + items + b"]}")
+            del items
         else:
-            for change in opening.resumed.changes:
-                yield _change_event(change, viewer_id, now)
-            for row in opening.lapsed:
-                yield _event("slot", opening.position, render(row, viewer_id, now))
-        while not subscriber.overflowed.is_set():
-            batch = await _next_batch(subscriber, board)
+            frames = [change.frame(viewer_id, now) for change in opening.resumed.changes]
+            frames += [sse_frame("slot", opening.position, render(row, viewer_id, now)) for row in opening.lapsed]
+            yield b"".join(frames)
+            del frames
+        del opening  # an idle stream keeps only its board
+        yield _RETRY
+        while not subscriber.overflowed:
+            batches = await _next_batches(subscriber, board, hub.heartbeat_seconds)
             now = utc_now()
-            if batch is not None:
+            frames = []
+            for batch in batches:
                 if batch.after > board.position:  # the hub moved on before this stream joined it
                     gap = await hub.db.run(partial(read_gap, after=board.position, upto=batch.after, scope=scope))
                     batch = Batch(board.position, batch.upto, [*gap.changes, *batch.changes])
                 for change in batch.changes:
                     if change.position > board.position and scope.covers(change.room_id, change.starts_at):
                         board.shown(change.slot_id, change.row, now)
-                        yield _change_event(change, viewer_id, now)
+                        frames.append(change.frame(viewer_id, now))
                 board.position = max(board.position, batch.upto)
             for row in board.lapsed(now):
-                yield _event("slot", board.position, render(row, viewer_id, now))
+                frames.append(sse_frame("slot", board.position, render(row, viewer_id, now)))
+            # Nothing to say for a heartbeat interval: a comment keeps proxies from closing the
+            # idle connection (written here, so a stream needs no timer task of its own).
+            yield b"".join(frames) if frames else _HEARTBEAT
     finally:
         hub.unsubscribe(subscriber)
 
 
-async def _next_batch(subscriber: Subscriber, board: Board) -> Batch | None:
-    """The next batch, or None when a shown hold lapses first (emitted from what the stream knows)."""
+async def _next_batches(subscriber: Subscriber, board: Board, heartbeat_seconds: float) -> list[Batch]:
+    """The batches waiting (at least one, in order), or none when a shown hold lapses or a heartbeat is due."""
+    queue = subscriber.queue
     lapse = board.next_lapse()
-    timeout = None if lapse is None else max((lapse - utc_now()).total_seconds(), 0) + 0.001
-    getter = asyncio.ensure_future(subscriber.queue.get())
-    overflow = asyncio.ensure_future(subscriber.overflowed.wait())
+    wait = heartbeat_seconds if lapse is None else min((lapse - utc_now()).total_seconds() + 0.001, heartbeat_seconds)
     try:
-        done, _ = await asyncio.wait({getter, overflow}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (getter, overflow):
-            if not task.done():
-                task.cancel()
-    return getter.result() if getter in done else None
+        async with asyncio.timeout(max(wait, 0)):
+            first = await queue.get()
+    except TimeoutError:
+        return []
+    batches = [first]
+    while not queue.empty():
+        batches.append(queue.get_nowait())
+    return batches
