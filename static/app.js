@@ -283,6 +283,9 @@ async function runStream(url, token, signal) {
         }
         throw new Error(`stream answered ${response.status}`);
       }
+      // Connected: a resumed stream (Last-Event-ID) sends no snapshot, only what changed.
+      setLive("live", "Live");
+      failures = 0;
       for await (const message of sseEvents(response.body, onBytes)) {
         if (signal.aborted) return;
         if (message.id !== null) lastEventId = message.id;
@@ -291,10 +294,6 @@ async function runStream(url, token, signal) {
           continue;
         }
         applyEvent(message);
-        if (message.event === "snapshot") {
-          setLive("live", "Live");
-          failures = 0;
-        }
       }
     } catch (error) {
       if (signal.aborted) return;
