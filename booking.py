@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
+from math import ceil
 from typing import Any, NoReturn, Protocol
 
 from pydantic_core import to_jsonable_python
@@ -41,12 +42,14 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
+from sqlalchemy.sql.selectable import ScalarSelect
 
 import changelog
+from clock import utc_now
 from config import Settings
 from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
-from models import ACTIVE_STATUSES, Hold, HoldStatusString, Room, TimeSlot, UTCDateTime
+from models import ACTIVE_STATUSES, Hold, HoldStatusString, Room, TimeSlot, User, UTCDateTime
 from pagination import DEFAULT_LIMIT, cut_page, decode_cursor, fetch_limit
 from schemas import (
     EventKind,
@@ -65,7 +68,9 @@ HOLD, CONFIRMED = HoldStatus.HOLD, HoldStatus.CONFIRMED
 RELEASED, CANCELLED, EXPIRED = HoldStatus.RELEASED, HoldStatus.CANCELLED, HoldStatus.EXPIRED
 
 assert isinstance(Hold.__table__, Table) and isinstance(TimeSlot.__table__, Table)
+assert isinstance(User.__table__, Table)
 _holds: Table = Hold.__table__
+_users: Table = User.__table__
 _time_slots: Table = TimeSlot.__table__
 
 HoldColumns = type[Hold] | ReadOnlyColumnCollection[str, Column[Any]]
@@ -156,8 +161,35 @@ _HOLD_ID = bindparam("p_hold_id", type_=Uuid)
 _SLOT_ID = bindparam("p_slot_id", type_=Uuid)
 _USER_ID = bindparam("p_user_id", type_=Uuid)
 
-# INSERT … SELECT … WHERE the slot is open and has no live claim; RETURNING is empty when refused
-# (RETURNING, not rowcount: psycopg 3.3 resets rowcount when SQLAlchemy closes the cursor).
+
+def _live_holds_of(user_id: ColumnElement[uuid.UUID], now: ColumnElement[datetime]) -> ScalarSelect[Any]:
+    """How many unconfirmed holds of this user are live at `now` (the per-user cap)."""
+    # `status = 'HOLD'` as literal SQL: the partial index ix_holds_user_id_expires_at's own
+    # predicate, so only the user's unconfirmed holds are read (see _is_active).
+    unconfirmed = literal_column("status") == literal_column(f"'{HOLD.value}'")
+    return (
+        select(func.count())
+        .select_from(_holds)
+        .where(_holds.c.user_id == user_id, unconfirmed, _holds.c.expires_at > now)
+        .scalar_subquery()
+    )
+
+
+def _recent_claim_by(
+    user_id: ColumnElement[uuid.UUID],
+    slot_id: ColumnElement[uuid.UUID],
+    since: ColumnElement[datetime],
+    now: ColumnElement[datetime],
+) -> ColumnElement[bool]:
+    """This user's own claim on this slot ended after `since` (released, cancelled, or lapsed by `now`)."""
+    ended_by_hand = and_(_holds.c.status.in_([RELEASED, CANCELLED]), _holds.c.last_updated_date > since)
+    lapsed = and_(_holds.c.status.in_([HOLD, EXPIRED]), _holds.c.expires_at > since, _holds.c.expires_at <= now)
+    return and_(_holds.c.slot_id == slot_id, _holds.c.user_id == user_id, or_(ended_by_hand, lapsed))
+
+
+# INSERT … SELECT … WHERE the slot is open and has no live claim, the user is under the cap and
+# not in a cooldown on this slot; RETURNING is empty when refused (RETURNING, not rowcount:
+# psycopg 3.3 resets rowcount when SQLAlchemy closes the cursor).
 _INSERT_HOLD = (
     insert(_holds)
     .from_select(
@@ -174,6 +206,10 @@ _INSERT_HOLD = (
         ).where(
             exists().where(TimeSlot.id == _SLOT_ID, TimeSlot.start_time > _NOW),
             ~exists().where(Hold.slot_id == _SLOT_ID, live_claim(_NOW)),
+            _live_holds_of(_USER_ID, _NOW) < bindparam("p_max_active"),
+            ~exists().where(
+                _recent_claim_by(_USER_ID, _SLOT_ID, bindparam("p_cooldown_since", type_=UTCDateTime), _NOW)
+            ),
         ),
     )
     .returning(*_holds.c)
@@ -229,6 +265,13 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
         _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
     try:
         with write_transaction(session) as now:
+            if session.connection().dialect.name == "postgresql":
+                # The user's row lock makes one user's holds take turns, so the cap below counts
+                # every hold committed before this one (SQLite's one writer does this already).
+                # The clock is read again once the lock is held: a wait is not judged with the
+                # time it began.
+                session.connection().execute(_LOCK_USER, {"p_user_id": user_id})
+                now = utc_now()
             _write_holds(session, _RETIRE_EXPIRED, EventKind.LAPSED, slot_id=slot_id, now=now)
             hold = _write_holds(
                 session,
@@ -239,15 +282,22 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
                 user_id=user_id,
                 now=now,
                 expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
+                max_active=settings.hold_max_active_per_user,
+                cooldown_since=now - timedelta(seconds=settings.hold_rehold_cooldown_seconds),
             )
             if hold is None:
-                _explain_refused_claim(session, slot_id, user_id, now)
+                _explain_refused_claim(session, slot_id, user_id, now, settings)
     except IntegrityError:
         # A concurrent transaction won the unique index (PostgreSQL, READ COMMITTED), or the
         # slot was deleted under us: report the state as it is now.
         with read_transaction(session) as now:
-            _explain_refused_claim(session, slot_id, user_id, now)
+            _explain_refused_claim(session, slot_id, user_id, now, settings)
     return hold_read(hold, now, settings)
+
+
+# FOR NO KEY UPDATE: the weakest lock that two holds of one user cannot both take; the foreign-key
+# checks of the user's other writes do not wait on it.
+_LOCK_USER = select(literal(1)).select_from(_users).where(_users.c.id == _USER_ID).with_for_update(key_share=True)
 
 
 def _slot_and_claim(
@@ -279,10 +329,44 @@ def _refuse_if_claimed(slot: Row[Any] | None, user_id: uuid.UUID, now: datetime)
     )
 
 
-def _explain_refused_claim(session: Session, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime) -> NoReturn:
+def _explain_refused_claim(
+    session: Session, slot_id: uuid.UUID, user_id: uuid.UUID, now: datetime, settings: Settings
+) -> NoReturn:
     _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
+    connection = session.connection()
+    active, earliest_end = connection.execute(_USER_LIVE_HOLDS, {"p_user_id": user_id, "p_now": now}).one()
+    if active >= settings.hold_max_active_per_user:
+        raise Conflict(
+            "HOLD_LIMIT_REACHED",
+            f"You already hold {active} slot(s), the most one user may hold at once; confirm or release one first.",
+            active_holds=active,
+            limit=settings.hold_max_active_per_user,
+            earliest_ends_at=earliest_end,
+        )
+    since = now - timedelta(seconds=settings.hold_rehold_cooldown_seconds)
+    ended = connection.execute(
+        _LAST_CLAIM_END, {"p_user_id": user_id, "p_slot_id": slot_id, "p_since": since, "p_now": now}
+    ).scalar()
+    if ended is not None:
+        retry_at = ended + timedelta(seconds=settings.hold_rehold_cooldown_seconds)
+        raise Conflict(
+            "HOLD_COOLDOWN",
+            "Your own hold on this slot ended moments ago; others get a turn before you may hold it again.",
+            headers={"Retry-After": str(max(ceil((retry_at - now).total_seconds()), 1))},
+            retry_at=retry_at,
+        )
     # The competing claim ended between our statements.
     raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot was claimed concurrently; try again.")
+
+
+# Explaining a refused hold (rare): how many live holds the user has and when the first ends,
+# and when the user's own last claim on the slot ended.
+_USER_LIVE_HOLDS = select(func.count(), func.min(_holds.c.expires_at)).where(
+    _holds.c.user_id == _USER_ID, _holds.c.status == HOLD, _holds.c.expires_at > _NOW
+)
+_LAST_CLAIM_END = select(
+    func.max(case((_holds.c.status.in_([RELEASED, CANCELLED]), _holds.c.last_updated_date), else_=_holds.c.expires_at))
+).where(_recent_claim_by(_USER_ID, _SLOT_ID, bindparam("p_since", type_=UTCDateTime), _NOW))
 
 
 # One hold by id, as plain columns (hold_read reads rows and ORM objects alike).

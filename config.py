@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     database_url: str = MEMORY_URL
     hold_ttl_seconds: int = Field(300, ge=1, le=86_400)
     hold_max_extensions: int = Field(1, ge=0, le=100)
+    # Hoarding: how many live (unexpired, unconfirmed) holds one user may have at once, and how
+    # long a user waits to hold a slot again after their own claim on it ended (released,
+    # lapsed or cancelled), so a script cannot keep a slot by releasing and re-holding it.
+    hold_max_active_per_user: int = Field(4, ge=1, le=10_000)
+    hold_rehold_cooldown_seconds: int = Field(60, ge=0, le=86_400)
     admin_token: str | None = Field(None, min_length=16)
     seed_demo_data: bool = True
     # How long a SQLite writer waits for another process's write lock before giving up (503).

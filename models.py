@@ -34,6 +34,7 @@ NAMING_CONVENTION = {
 # Rows in these states take part in the one-live-claim-per-slot unique index.
 ACTIVE_STATUSES = (HoldStatus.HOLD, HoldStatus.CONFIRMED)
 ACTIVE_PREDICATE = "status IN ('HOLD', 'CONFIRMED')"
+UNCONFIRMED_PREDICATE = "status = 'HOLD'"
 EVENT_KINDS_SQL = ", ".join(f"'{kind.value}'" for kind in EventKind)
 
 
@@ -160,8 +161,17 @@ class Hold(Base):
             sqlite_where=text(ACTIVE_PREDICATE),
             postgresql_where=text(ACTIVE_PREDICATE),
         ),
-        Index("ix_holds_slot_id", "slot_id"),
+        # By slot, then owner: a slot's holds, and one user's past claims on it (the re-hold cooldown).
+        Index("ix_holds_slot_id_user_id", "slot_id", "user_id"),
         Index("ix_holds_user_id_created_date", "user_id", "created_date"),
+        # A user's unconfirmed holds by end: counting the live ones (the per-user cap) reads only those.
+        Index(
+            "ix_holds_user_id_expires_at",
+            "user_id",
+            "expires_at",
+            sqlite_where=text(UNCONFIRMED_PREDICATE),
+            postgresql_where=text(UNCONFIRMED_PREDICATE),
+        ),
     )
 
     slot_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("time_slots.id"))

@@ -317,6 +317,9 @@ class Fanout:
             "ADMIN_TOKEN": self.admin_token,
             "SEED_DEMO_DATA": "false",
             "HOLD_TTL_SECONDS": HOLD_TTL_SECONDS,
+            # The scenarios' users hold and re-hold at will; the limits' SQL still runs on every hold.
+            "HOLD_MAX_ACTIVE_PER_USER": "10000",
+            "HOLD_REHOLD_COOLDOWN_SECONDS": "0",
         }
         log_path = self.logs / f"fanout-{label}-{uuid.uuid4().hex[:6]}.log"
         server = Server(app="main:app", env=env, workers=1, log_path=log_path).start("/health")

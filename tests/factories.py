@@ -43,6 +43,9 @@ def isolated_settings(**overrides: object) -> Settings:
         "seed_demo_data": False,
         "hold_ttl_seconds": TTL,
         "hold_max_extensions": 1,
+        # Most tests hold, release and re-hold freely; tests/test_hold_limits.py sets the limits.
+        "hold_max_active_per_user": 10_000,
+        "hold_rehold_cooldown_seconds": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -118,6 +118,8 @@ def test_a_rolled_back_change_leaves_no_event_and_no_row(client: TestClient) -> 
                 user_id=uuid.UUID(alice.id),
                 now=now,
                 expires_at=now + timedelta(seconds=TTL),
+                max_active=1,
+                cooldown_since=now,
             )
             assert written is not None  # the hold row and its event were both written ...
             raise RuntimeError("crash before commit")
