@@ -50,3 +50,25 @@ def test_slot_listing_joins_claims_through_the_partial_unique_index(explaining_e
     plan = _plan(engine, stmt, params)
     assert "holds_1 USING INDEX uq_holds_active_slot" in plan, plan
     assert "SCAN" not in plan, plan
+
+
+def test_claiming_a_slot_reads_only_indexes_for_the_live_claim_the_cap_and_the_cooldown(
+    explaining_engine: Engine,
+) -> None:
+    from booking import _INSERT_HOLD
+
+    params = {
+        "p_hold_id": uuid.uuid4(),
+        "p_slot_id": uuid.uuid4(),
+        "p_user_id": uuid.uuid4(),
+        "p_now": NOW,
+        "p_expires_at": NOW,
+        "p_max_active": 4,
+        "p_cooldown_since": NOW,
+    }
+    plan = _plan(explaining_engine, _INSERT_HOLD, params)
+    assert "USING INDEX uq_holds_active_slot" in plan, plan  # the live claim
+    assert "USING INDEX ix_holds_user_id_expires_at" in plan, plan  # the user's live holds, not their history
+    assert "USING INDEX ix_holds_slot_id_user_id" in plan, plan  # the user's past claims on this slot
+    scans = [line for line in plan.splitlines() if line.startswith("SCAN") and line != "SCAN CONSTANT ROW"]
+    assert scans == [], plan
