@@ -79,7 +79,13 @@ class Database:
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
                 pool_pre_ping=True,
-                connect_args={"application_name": "booking-api"},
+                connect_args={
+                    "application_name": "booking-api",
+                    "connect_timeout": settings.db_connect_timeout_seconds,
+                    "options": _postgres_timeouts(
+                        settings.db_lock_timeout_seconds, settings.db_statement_timeout_seconds
+                    ),
+                },
             )
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
@@ -163,6 +169,11 @@ class Database:
                     self.on_log_written()
 
 
+def _postgres_timeouts(lock_seconds: float, statement_seconds: float) -> str:
+    """Session settings every PostgreSQL connection starts with (libpq `options`); 0 means none."""
+    return f"-c lock_timeout={round(lock_seconds * 1000)} -c statement_timeout={round(statement_seconds * 1000)}"
+
+
 def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -238,6 +249,10 @@ def prepare_schema(db: Database) -> None:
     # One transaction holding the database's own lock, so workers starting together migrate once.
     with db.engine.connect().execution_options(**{_BEGIN_MODE: "IMMEDIATE"}) as conn, conn.begin():
         if db.backend == "postgresql":
+            # Workers wait here while the first migrates, and a migration may take long: the
+            # request timeouts are not meant for start-up.
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
         config = Config(str(ALEMBIC_INI))
         config.attributes["connection"] = conn
