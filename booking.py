@@ -199,6 +199,25 @@ def _transition_statement(*rule: ColumnElement[bool], **values: object) -> Updat
     )
 
 
+# PostgreSQL: every hold write first locks its slot's row (a transition: then its hold's row,
+# in that order, as a claim does), and only then reads the clock (write_transaction). A write
+# that queued behind another on the same slot judges expiry by the time it runs, and one slot's
+# writes commit in the order of their timestamps, as under SQLite's write lock.
+# FOR NO KEY UPDATE: it queues writers of the slot, but not the foreign-key checks of new holds.
+_LOCK_SLOT = select(_time_slots.c.id).where(_time_slots.c.id == _SLOT_ID).with_for_update(key_share=True)
+_LOCK_SLOT_THEN_HOLD = (
+    select(_holds.c.id)
+    .where(
+        _holds.c.id == _HOLD_ID,
+        _holds.c.slot_id
+        == select(_time_slots.c.id)
+        .where(_time_slots.c.id == select(_holds.c.slot_id).where(_holds.c.id == _HOLD_ID).scalar_subquery())
+        .with_for_update(key_share=True)
+        .scalar_subquery(),
+    )
+    .with_for_update(key_share=True)
+)
+
 # Deleting a slot takes its history of dead holds with it.
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
@@ -228,7 +247,7 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     with read_transaction(session) as now:
         _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
     try:
-        with write_transaction(session) as now:
+        with write_transaction(session, _LOCK_SLOT, p_slot_id=slot_id) as now:
             _write_holds(session, _RETIRE_EXPIRED, EventKind.LAPSED, slot_id=slot_id, now=now)
             hold = _write_holds(
                 session,
@@ -325,7 +344,7 @@ class _Transition:
 
     def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
         """Write the action, else explain why not; return the hold as it now is."""
-        with write_transaction(session) as now:
+        with write_transaction(session, _LOCK_SLOT_THEN_HOLD, p_hold_id=hold_id) as now:
             params = self.params(now, settings)
             hold: HoldFields | None = _write_holds(
                 session, self.statement, self.event, hold_id=hold_id, user_id=user_id, now=now, **params
@@ -701,7 +720,7 @@ def slot_counts(
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
     """Delete a slot and its dead hold history; 409 while it is held or booked."""
     try:
-        with write_transaction(session) as now:
+        with write_transaction(session, _LOCK_SLOT, p_slot_id=slot_id) as now:
             slot = session.get(TimeSlot, slot_id)
             if slot is None:
                 raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")

@@ -17,6 +17,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.sql import Executable
 
 import changelog
 from clock import utc_now
@@ -197,20 +198,25 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
 
 
 @contextmanager
-def write_transaction(session: Session) -> Iterator[datetime]:
+def write_transaction(session: Session, lock: Executable | None = None, **lock_params: object) -> Iterator[datetime]:
     """Run the block as one write transaction and yield the time its decisions are judged at.
 
-    The clock is read only once the transaction has begun (on SQLite, once this writer holds
-    the write lock), so a request that waited for the lock does not judge expiry with the
-    time it arrived; on SQLite, writes then commit in the order of their timestamps.
+    The clock is read only once this writer holds the locks that decide: on SQLite the write
+    lock (BEGIN IMMEDIATE); on PostgreSQL the rows `lock` (a SELECT … FOR UPDATE, run with
+    `lock_params`) locks. A request that waited for a lock is then judged by the time it runs,
+    not the time it arrived, and writes under one lock commit in the order of their timestamps.
     """
     if session.in_transaction():
         # A read left open here would make SQLAlchemy ignore IMMEDIATE (the transaction has
         # begun), and a deferred transaction that read first fails with "database is locked"
         # when another process writes before it does. End it so this one begins as a writer.
         session.commit()
-    session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+    connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
+        if lock is not None and connection.dialect.name == "postgresql":
+            # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
+            # otherwise be taken by the statements below, after the clock was read.
+            connection.execute(lock, lock_params)
         now = utc_now()
         yield now
         changelog.flush(session, now)  # the change log, in the change's own transaction
