@@ -11,7 +11,7 @@ from typing import TypeVar
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
@@ -22,7 +22,7 @@ from sqlalchemy.sql import Executable
 import changelog
 from clock import utc_now
 from config import Settings
-from models import Base, Room, TimeSlot, User
+from models import Base, Room, ServiceSecret, TimeSlot, User
 
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
 _BEGIN_MODE = "sqlite_begin_mode"
@@ -225,6 +225,21 @@ def write_transaction(session: Session, lock: Executable | None = None, **lock_p
         changelog.discard(session)
         session.rollback()
         raise
+
+
+def probe_write(session: Session) -> None:
+    """Run a write that changes nothing, in a transaction rolled back: does the database take writes?
+
+    A read-only file or connection, a read-only PostgreSQL (a standby, default_transaction_read_only)
+    or a write lock held past the timeouts fail it. A full disk fails it only where the write
+    needs new space, which a rolled-back write that changes nothing does not: see
+    docs/operations.md#crashes-and-restarts.
+    """
+    try:
+        session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+        session.execute(delete(ServiceSecret).where(literal(False)))
+    finally:
+        session.rollback()
 
 
 @contextmanager
