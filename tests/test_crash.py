@@ -329,6 +329,7 @@ def test_postgres_restarted_under_load_gives_503s_with_retry_after_and_recovers_
         assert {code for _, _, code, _ in unavailable} <= {"DATABASE_BUSY", "DATABASE_UNAVAILABLE"}
         assert all(retry_after for *_, retry_after in unavailable), unavailable
         last_503 = max(t for t, *_ in unavailable)
+        print(f"restart: last 503 {last_503 - back:+.2f}s after PostgreSQL was back")
         assert last_503 - back < 5, f"503s went on {last_503 - back:.1f}s after PostgreSQL was back"
         assert ledger.statuses[201] > 0
         check_database(engine, ledger)
@@ -456,6 +457,7 @@ def test_a_request_stuck_behind_a_lock_is_a_503_after_the_lock_timeout_and_commi
             response = client.post(f"/holds/{hold}/confirm", headers=alice.auth)
             waited = time.monotonic() - started
         finally:
+            timer.cancel()
             timer.join()
             blocker.close()
         assert_problem(response, 503, "DATABASE_BUSY")
