@@ -45,7 +45,6 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.sql.selectable import ScalarSelect
 
 import changelog
-from clock import utc_now
 from config import Settings
 from db import read_transaction, write_transaction
 from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
@@ -235,6 +234,27 @@ def _transition_statement(*rule: ColumnElement[bool], **values: object) -> Updat
     )
 
 
+# PostgreSQL: every hold write first locks its slot's row (a transition: then its hold's row,
+# in that order, as a claim does), and only then reads the clock (write_transaction). A write
+# that queued behind another on the same slot judges expiry by the time it runs, and one slot's
+# writes commit in the order of their timestamps, as under SQLite's write lock.
+# FOR NO KEY UPDATE: it queues writers of the slot, but not the foreign-key checks of new holds.
+_LOCK_SLOT = select(_time_slots.c.id).where(_time_slots.c.id == _SLOT_ID).with_for_update(key_share=True)
+# A new hold then locks its user's row: two holds of one user cannot both hold it (the cap).
+_LOCK_USER = select(_users.c.id).where(_users.c.id == _USER_ID).with_for_update(key_share=True)
+_LOCK_SLOT_THEN_HOLD = (
+    select(_holds.c.id)
+    .where(
+        _holds.c.id == _HOLD_ID,
+        _holds.c.slot_id
+        == select(_time_slots.c.id)
+        .where(_time_slots.c.id == select(_holds.c.slot_id).where(_holds.c.id == _HOLD_ID).scalar_subquery())
+        .with_for_update(key_share=True)
+        .scalar_subquery(),
+    )
+    .with_for_update(key_share=True)
+)
+
 # Deleting a slot takes its history of dead holds with it.
 _DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
 
@@ -264,14 +284,9 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
     with read_transaction(session) as now:
         _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
     try:
-        with write_transaction(session) as now:
-            if session.connection().dialect.name == "postgresql":
-                # The user's row lock makes one user's holds take turns, so the cap below counts
-                # every hold committed before this one (SQLite's one writer does this already).
-                # The clock is read again once the lock is held: a wait is not judged with the
-                # time it began.
-                session.connection().execute(_LOCK_USER, {"p_user_id": user_id})
-                now = utc_now()
+        # The user's row after the slot's: one user's holds take turns, so the cap below counts
+        # every hold committed before this one (SQLite's one writer does this already).
+        with write_transaction(session, _LOCK_SLOT, _LOCK_USER, p_slot_id=slot_id, p_user_id=user_id) as now:
             _write_holds(session, _RETIRE_EXPIRED, EventKind.LAPSED, slot_id=slot_id, now=now)
             hold = _write_holds(
                 session,
@@ -293,11 +308,6 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
         with read_transaction(session) as now:
             _explain_refused_claim(session, slot_id, user_id, now, settings)
     return hold_read(hold, now, settings)
-
-
-# FOR NO KEY UPDATE: the weakest lock that two holds of one user cannot both take; the foreign-key
-# checks of the user's other writes do not wait on it.
-_LOCK_USER = select(literal(1)).select_from(_users).where(_users.c.id == _USER_ID).with_for_update(key_share=True)
 
 
 def _slot_and_claim(
@@ -409,7 +419,7 @@ class _Transition:
 
     def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
         """Write the action, else explain why not; return the hold as it now is."""
-        with write_transaction(session) as now:
+        with write_transaction(session, _LOCK_SLOT_THEN_HOLD, p_hold_id=hold_id) as now:
             params = self.params(now, settings)
             hold: HoldFields | None = _write_holds(
                 session, self.statement, self.event, hold_id=hold_id, user_id=user_id, now=now, **params
@@ -785,7 +795,7 @@ def slot_counts(
 def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
     """Delete a slot and its dead hold history; 409 while it is held or booked."""
     try:
-        with write_transaction(session) as now:
+        with write_transaction(session, _LOCK_SLOT, p_slot_id=slot_id) as now:
             slot = session.get(TimeSlot, slot_id)
             if slot is None:
                 raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")

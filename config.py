@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
+    # PostgreSQL, per connection: a statement waiting this long for a row lock, or running this
+    # long, is cancelled and its request is a 503 DATABASE_BUSY, rather than holding a pooled
+    # connection until the client has given up and then committing anyway. 0 turns one off.
+    db_lock_timeout_seconds: float = Field(5.0, ge=0)
+    db_statement_timeout_seconds: float = Field(10.0, ge=0)
+    # PostgreSQL: how long opening a connection may take before the request is a 503.
+    db_connect_timeout_seconds: int = Field(5, ge=1)
     # The change log (live board, hold histories): events older than this are pruned by writes.
     event_retention_seconds: int = Field(7 * 86_400, ge=60)
     # Live stream: heartbeat comment interval; how often a SQLite file is checked for other

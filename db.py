@@ -11,17 +11,18 @@ from typing import TypeVar
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+from sqlalchemy.sql import Executable
 
 import changelog
 from clock import utc_now
 from config import Settings
-from models import Base, Room, TimeSlot, User
+from models import Base, Room, ServiceSecret, TimeSlot, User
 
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
 _BEGIN_MODE = "sqlite_begin_mode"
@@ -79,7 +80,13 @@ class Database:
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
                 pool_pre_ping=True,
-                connect_args={"application_name": "booking-api"},
+                connect_args={
+                    "application_name": "booking-api",
+                    "connect_timeout": settings.db_connect_timeout_seconds,
+                    "options": _postgres_timeouts(
+                        settings.db_lock_timeout_seconds, settings.db_statement_timeout_seconds
+                    ),
+                },
             )
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
@@ -163,6 +170,11 @@ class Database:
                     self.on_log_written()
 
 
+def _postgres_timeouts(lock_seconds: float, statement_seconds: float) -> str:
+    """Session settings every PostgreSQL connection starts with (libpq `options`); 0 means none."""
+    return f"-c lock_timeout={round(lock_seconds * 1000)} -c statement_timeout={round(statement_seconds * 1000)}"
+
+
 def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -186,20 +198,26 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
 
 
 @contextmanager
-def write_transaction(session: Session) -> Iterator[datetime]:
+def write_transaction(session: Session, *locks: Executable, **lock_params: object) -> Iterator[datetime]:
     """Run the block as one write transaction and yield the time its decisions are judged at.
 
-    The clock is read only once the transaction has begun (on SQLite, once this writer holds
-    the write lock), so a request that waited for the lock does not judge expiry with the
-    time it arrived; on SQLite, writes then commit in the order of their timestamps.
+    The clock is read only once this writer holds the locks that decide: on SQLite the write
+    lock (BEGIN IMMEDIATE); on PostgreSQL the rows that `locks` (SELECT … FOR UPDATE statements,
+    run in order with `lock_params`) lock. A request that waited for a lock is then judged by the time it runs,
+    not the time it arrived, and writes under one lock commit in the order of their timestamps.
     """
     if session.in_transaction():
         # A read left open here would make SQLAlchemy ignore IMMEDIATE (the transaction has
         # begun), and a deferred transaction that read first fails with "database is locked"
         # when another process writes before it does. End it so this one begins as a writer.
         session.commit()
-    session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+    connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
     try:
+        if locks and connection.dialect.name == "postgresql":
+            # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
+            # otherwise be taken by the statements below, after the clock was read.
+            for lock in locks:
+                connection.execute(lock, lock_params)
         now = utc_now()
         yield now
         changelog.flush(session, now)  # the change log, in the change's own transaction
@@ -208,6 +226,21 @@ def write_transaction(session: Session) -> Iterator[datetime]:
         changelog.discard(session)
         session.rollback()
         raise
+
+
+def probe_write(session: Session) -> None:
+    """Run a write that changes nothing, in a transaction rolled back: does the database take writes?
+
+    A read-only file or connection, a read-only PostgreSQL (a standby, default_transaction_read_only)
+    or a write lock held past the timeouts fail it. A full disk fails it only where the write
+    needs new space, which a rolled-back write that changes nothing does not: see
+    docs/operations.md#crashes-and-restarts.
+    """
+    try:
+        session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+        session.execute(delete(ServiceSecret).where(literal(False)))
+    finally:
+        session.rollback()
 
 
 @contextmanager
@@ -238,6 +271,10 @@ def prepare_schema(db: Database) -> None:
     # One transaction holding the database's own lock, so workers starting together migrate once.
     with db.engine.connect().execution_options(**{_BEGIN_MODE: "IMMEDIATE"}) as conn, conn.begin():
         if db.backend == "postgresql":
+            # Workers wait here while the first migrates, and a migration may take long: the
+            # request timeouts are not meant for start-up.
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
         config = Config(str(ALEMBIC_INI))
         config.attributes["connection"] = conn

@@ -1,5 +1,6 @@
 """Domain errors that carry an HTTP status and a stable code, and the one problem+json renderer."""
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -7,11 +8,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic_core import to_jsonable_python
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import Problem
+
+# Every 5xx is logged here with its cause; uvicorn configures no handler, so WARNING and above
+# reach stderr through logging's last-resort handler unless the deployment configures one.
+log = logging.getLogger("booking.errors")
 
 PROBLEM_JSON = "application/problem+json"
 CONFIRM_GONE_DETAIL = "Hold not found or expired."
@@ -102,9 +107,15 @@ def database_busy(detail: str) -> ServiceUnavailable:
 def database_unavailable(backend: str | None = None) -> ServiceUnavailable:
     """The database does not answer at all; /health also names the backend it tried."""
     detail = "The database does not answer."
+    headers = {"Retry-After": "5"}
     if backend is None:
-        return ServiceUnavailable("DATABASE_UNAVAILABLE", detail)
-    return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, database=backend)
+        return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, headers=headers)
+    return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, headers=headers, database=backend)
+
+
+def database_cannot_write(code: str, detail: str) -> ServiceUnavailable:
+    """The database answers but refuses writes (out of space, read-only): an operator must act."""
+    return ServiceUnavailable(code, detail, headers={"Retry-After": "60"})
 
 
 def problem_response(
@@ -122,8 +133,12 @@ def problem_response(
     return JSONResponse(to_jsonable_python(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    if exc.status >= 500:
+        # A 503 is the service's trouble, not the caller's: say why, with the failure behind it.
+        cause = exc.__cause__ or exc
+        log.warning("%s %s: %d %s: %s", request.method, request.url.path, exc.status, exc.code, cause, exc_info=cause)
     return problem_response(exc.status, exc.title, exc.code, exc.detail, exc.headers, **exc.extra)
 
 
@@ -159,25 +174,44 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 # lock_not_available, query_canceled (statement_timeout); 53xxx resources; 57P0x shutdown.
 _BUSY_SQLSTATES = {"55P03", "57014"}
+_FULL_SQLSTATES = {"53100"}  # disk_full
+_READ_ONLY_SQLSTATES = {"25006"}  # read_only_sql_transaction (a standby, default_transaction_read_only)
+# SQLite's primary result codes (the sqlite3 module's `sqlite_errorname`, extended codes cut to it).
+_SQLITE_BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+_SQLITE_GONE = {"SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_NOTADB"}
 
 
-def _database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
+def database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
     """The problem a database failure is reported as; None when it is not one we recognise."""
     if isinstance(exc, PoolTimeout):
         return database_busy("No database connection was free in time; retry shortly.")
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    sqlstate: str | None = getattr(exc.orig, "sqlstate", None)
+    sqlite_error: str | None = getattr(exc.orig, "sqlite_errorname", None)  # SQLITE_READONLY_DBMOVED → READONLY
+    sqlite_name = "_".join(sqlite_error.split("_")[:2]) if sqlite_error else None
     if isinstance(exc, IntegrityError):
         return Conflict("CONSTRAINT_VIOLATION", "The change conflicts with stored data.")
     if sqlstate in _RETRYABLE_SQLSTATES:
         return Conflict(
             "TRANSACTION_CONFLICT", "A concurrent change won; retry the request.", headers={"Retry-After": "0"}
         )
+    if sqlstate in _FULL_SQLSTATES or sqlite_name == "SQLITE_FULL":
+        return database_cannot_write("DATABASE_FULL", "The database is out of space; nothing was changed.")
+    if sqlstate in _READ_ONLY_SQLSTATES or sqlite_name == "SQLITE_READONLY":
+        return database_cannot_write("DATABASE_READ_ONLY", "The database refuses writes; nothing was changed.")
     if sqlstate is not None and (sqlstate in _BUSY_SQLSTATES or sqlstate.startswith(("53", "57P"))):
         return database_busy("The database is overloaded or restarting; retry shortly.")
-    if "database is locked" in str(exc.orig):
+    if sqlite_name in _SQLITE_BUSY or "database is locked" in str(exc.orig):
         return database_busy("The database is busy; retry shortly.")
-    if exc.connection_invalidated or sqlstate is None or sqlstate.startswith("08"):
+    if exc.connection_invalidated or (sqlstate or "").startswith("08") or sqlite_name in _SQLITE_GONE:
         return database_unavailable()
+    if sqlstate is None and sqlite_name is None:
+        # A driver error without an SQL state: psycopg's own connection failures (refused, lost)
+        # are OperationalError or InterfaceError; a DataError is a value the driver would not
+        # send (a NUL byte in a text field). Anything else is a bug, and stays a 500.
+        if isinstance(exc, OperationalError | InterfaceError):
+            return database_unavailable()
+        if isinstance(exc, DataError):
+            return InvalidInput("UNSTORABLE_VALUE", "A value in the request cannot be stored.")
     return None
 
 
@@ -185,9 +219,13 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     # Domain code already turns the expected races into domain errors; this is the backstop
     # that keeps any other lost race or overload a 409/503 rather than a 500.
     assert isinstance(exc, DBAPIError | PoolTimeout)
-    problem = _database_problem(exc)
+    problem = database_problem(exc)
     if problem is None:
+        log.error("%s %s: unexpected database error", request.method, request.url.path, exc_info=exc)
         return await _unexpected_error(request, exc)
+    if problem.status < 500:
+        log.warning("%s %s: %d %s: %s", request.method, request.url.path, problem.status, problem.code, exc)
+    problem.__cause__ = exc
     return await _domain_error(request, problem)
 
 

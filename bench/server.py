@@ -185,6 +185,17 @@ class Server:
         if self in _RUNNING:
             _RUNNING.remove(self)
 
+    def kill(self) -> None:
+        """SIGKILL every process of the tree at once, as a crash or an OOM kill would: no shutdown runs."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.process = None
+        if self in _RUNNING:
+            _RUNNING.remove(self)
+
 
 def stop_all() -> None:
     """Stop every server this process started and has not stopped yet."""

@@ -1,12 +1,13 @@
-"""/health: does the database answer?"""
+"""/health: does the database answer, and (deep) does it take writes?"""
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from db import read_transaction
-from errors import database_unavailable, problem_schema
+from db import probe_write, read_transaction
+from errors import ServiceUnavailable, database_problem, database_unavailable, problem_schema
 from routers import json_response
 from schemas import Health
 from state import DatabaseDep
@@ -20,10 +21,17 @@ def _ping(session: Session) -> None:
 
 
 @router.get("/health", response_model=Health, responses=problem_schema(503))
-async def health(db: DatabaseDep) -> Response:
-    """200 with the backend and connection-pool state when the database answers, 503 otherwise."""
+async def health(
+    db: DatabaseDep,
+    deep: bool = Query(False, description="Also run a write (changing nothing, rolled back): can the database write?"),
+) -> Response:
+    """200 with the backend and pool state when the database answers (and, deep, takes a write); 503 otherwise."""
     try:
-        await db.run(_ping)
+        await db.run(probe_write if deep else _ping)
     except SQLAlchemyError as exc:
-        raise database_unavailable(db.backend) from exc
+        problem = database_problem(exc) if isinstance(exc, DBAPIError | PoolTimeout) else None
+        if not isinstance(problem, ServiceUnavailable):
+            problem = database_unavailable()
+        problem.extra["database"] = db.backend
+        raise problem from exc
     return json_response(Health(status="ok", database=db.backend, details=db.pool_state()))
