@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = Field(10.0, ge=0)
     # PostgreSQL: how long opening a connection may take before the request is a 503.
     db_connect_timeout_seconds: int = Field(5, ge=1)
+    # How long a response to a request with an Idempotency-Key is kept for its retries.
+    idempotency_key_ttl_seconds: int = Field(86_400, ge=60)
     # The change log (live board, hold histories): events older than this are pruned by writes.
     event_retention_seconds: int = Field(7 * 86_400, ge=60)
     # Live stream: heartbeat comment interval; how often a SQLite file is checked for other

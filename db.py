@@ -26,6 +26,10 @@ from models import Base, Room, ServiceSecret, TimeSlot, User
 
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
 _BEGIN_MODE = "sqlite_begin_mode"
+# session.info key: the request's idempotency claim (idempotency.Claim). A write transaction lets
+# it check the key once the write's locks are held, and leaves the COMMIT to it, so the key and
+# its response are stored in the change's own transaction.
+IDEMPOTENCY_CLAIM = "idempotency.claim"
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 # Any fixed number: PostgreSQL advisory-lock key that serialises migrations across workers.
 _MIGRATION_LOCK_KEY = 7_240_001
@@ -219,9 +223,17 @@ def write_transaction(session: Session, *locks: Executable, **lock_params: objec
             for lock in locks:
                 connection.execute(lock, lock_params)
         now = utc_now()
+        claim = session.info.get(IDEMPOTENCY_CLAIM)
+        if claim is not None:
+            # One change per key: a second write would have committed the first without its key.
+            assert not claim.written, "a request with an Idempotency-Key wrote twice"
+            claim.begin(session, now)
         yield now
         changelog.flush(session, now)  # the change log, in the change's own transaction
-        session.commit()
+        if claim is None:
+            session.commit()
+        else:
+            claim.written = True  # committed by the claim, with the response it stores
     except BaseException:
         changelog.discard(session)
         session.rollback()

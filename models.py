@@ -14,7 +14,9 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -221,3 +223,24 @@ class SlotEvent(Table):
     status: Mapped[str | None] = mapped_column(String(16))
     held_until: Mapped[datetime | None]
     occurred_at: Mapped[datetime]
+
+
+class IdempotencyKey(Base):
+    """A request made with an `Idempotency-Key`, and the response it got (idempotency.py).
+
+    Written in the transaction of the change it answers, so neither outlives the other.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),
+        Index("ix_idempotency_keys_created_date", "created_date"),
+    )
+
+    # Whose key: a user's id, "admin", or "anonymous" (sign-up): one client's keys never meet another's.
+    scope: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    # SHA-256 of the method, path and body: a key reused for another request is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int]
+    body: Mapped[str] = mapped_column(Text)
