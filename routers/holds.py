@@ -13,7 +13,7 @@ from db import Database
 from errors import problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
-from schemas import HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldStatus
+from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldStatus
 from state import DatabaseDep, SettingsDep
 
 router = APIRouter(prefix="/holds", tags=["holds"])
@@ -36,7 +36,7 @@ async def list_holds(
     settings: SettingsDep,
     status: HoldStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: Cursor | None = None,
 ) -> Response:
     """The caller's holds and bookings, newest first."""
     page = await db.run(
