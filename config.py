@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     # processes' writes (PostgreSQL is woken by NOTIFY and checks this often as a safety net x20).
     stream_heartbeat_seconds: float = Field(15.0, gt=0)
     stream_poll_seconds: float = Field(0.05, gt=0)
+    # Comma-separated origins allowed to call the API from a browser ("*" for any); empty sends no CORS headers.
+    cors_allow_origins: str = ""
+    # One JSON line per request on the "booking.access" logger (stdout unless logging is configured).
+    access_log: bool = True
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """CORS_ALLOW_ORIGINS as a list (empty: no cross-origin access)."""
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
 
 
 @lru_cache

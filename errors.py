@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from requestid import HEADER as REQUEST_ID_HEADER
+from requestid import current_request_id
 from schemas import Problem
 
 PROBLEM_JSON = "application/problem+json"
@@ -119,6 +121,10 @@ def problem_response(
         "code": code,
         **extra,
     }
+    # The request id goes in the body, and in the headers too: a 500 is sent outside the middleware that adds it.
+    if (request_id := current_request_id()) is not None:
+        body["request_id"] = request_id
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return JSONResponse(to_jsonable_python(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
