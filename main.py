@@ -19,6 +19,7 @@ from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from live import Hub
 from observability import RequestObservability, configure_access_log
+from ratelimit import RateLimits, RateLimitStore
 from requestid import HEADER as REQUEST_ID_HEADER
 from routers import health, holds, metrics, page, rooms, slots, stats, users
 from state import AppState
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (users, rooms, slots, holds, health, stats, metrics, page):
         app.include_router(module.router)
     # Pure ASGI middlewares; the last added runs first. Ids, logs and metrics see every answer;
-    # CORS headers go on 413s too; a body is bounded before anything reads it.
+    # CORS headers go on 413s and 429s too; a body is bounded before anything reads it.
+    app.add_middleware(RateLimitStore, limits=RateLimits(settings))
     app.add_middleware(BodyLimit)
     if settings.cors_origins:
         app.add_middleware(

@@ -36,13 +36,16 @@ class ApiUser:
 
 
 def isolated_settings(**overrides: object) -> Settings:
-    """Settings for an isolated in-memory app: fixed admin token, no demo data."""
+    """Settings for an isolated in-memory app: fixed admin token, no demo data, no rate limits."""
     values: dict[str, object] = {
         "database_url": "sqlite:///:memory:",
         "admin_token": ADMIN_TOKEN,
         "seed_demo_data": False,
         "hold_ttl_seconds": TTL,
         "hold_max_extensions": 1,
+        # Tests make many users and holds from one address; tests/test_rate_limits.py sets its own limits.
+        "rate_limit_signups": "",
+        "rate_limit_holds": "",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

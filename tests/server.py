@@ -16,7 +16,8 @@ SHUTDOWN_GRACE_SECONDS = 15  # time for uvicorn's graceful shutdown before the g
 
 @contextmanager
 def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30) -> Iterator[str]:
-    """Start `uvicorn main:app` with these settings; yield its base URL; stop it afterwards."""
+    """Start `uvicorn main:app` with these settings (rate limits off unless given); yield its base URL; stop it."""
+    env = {"RATE_LIMIT_SIGNUPS": "", "RATE_LIMIT_HOLDS": "", **env}
     with tempfile.TemporaryDirectory(prefix="test-server-") as tmp:
         server = Server(app="main:app", env=env, workers=workers, log_path=Path(tmp) / "uvicorn.log")
         try:

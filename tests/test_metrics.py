@@ -11,10 +11,12 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 from prometheus_client.parser import text_string_to_metric_families
 
+from main import create_app
 from tests.factories import (
     ADMIN_TOKEN,
     TTL,
     UNKNOWN,
+    isolated_settings,
     make_hold,
     make_slot,
     make_user,
@@ -88,6 +90,16 @@ def test_hold_outcomes_are_counted(client: TestClient) -> None:
         "booking_holds_lapsed_at_confirm_total": 1,
     }
     assert ("booking_idempotent_replays_total", ()) in after
+
+
+def test_rate_limited_requests_are_counted_by_limit() -> None:
+    with TestClient(create_app(isolated_settings(rate_limit_signups="1/hour"))) as client:
+        before = scrape(client)
+        for handle in ("first", "second"):
+            client.post("/users", json={"name": "N", "handle": handle})
+        after = scrape(client)
+    limited = ("booking_rate_limited_total", (("limit", "signups"),))
+    assert after[limited] - before.get(limited, 0) == 1
 
 
 def test_pool_usage_is_reported(client: TestClient, backend: str) -> None:
