@@ -2,7 +2,8 @@
 
 from functools import lru_cache
 
-from pydantic import Field
+from limits import parse_many
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MEMORY_URL = "sqlite:///:memory:"
@@ -45,6 +46,28 @@ class Settings(BaseSettings):
     # processes' writes (PostgreSQL is woken by NOTIFY and checks this often as a safety net x20).
     stream_heartbeat_seconds: float = Field(15.0, gt=0)
     stream_poll_seconds: float = Field(0.05, gt=0)
+    # Rate limits in the `limits` notation ("20/minute", "5/second;100/hour"); empty switches one off.
+    rate_limit_signups: str = "20/minute"  # POST /users, per client address
+    rate_limit_holds: str = "120/minute"  # POST /holds, per user
+    # Where the counters live: memory:// is per process; redis://host:6379/0 shares them between workers and hosts.
+    rate_limit_storage_url: str = "memory://"
+    # Comma-separated origins allowed to call the API from a browser ("*" for any); empty sends no CORS headers.
+    cors_allow_origins: str = ""
+    # One JSON line per request on the "booking.access" logger (stdout unless logging is configured).
+    access_log: bool = True
+
+    @field_validator("rate_limit_signups", "rate_limit_holds")
+    @classmethod
+    def _rate_limit_notation(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parse_many(value)  # a ValueError names the string it could not read
+        return value
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """CORS_ALLOW_ORIGINS as a list (empty: no cross-origin access)."""
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
 
 
 @lru_cache

@@ -12,6 +12,8 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from requestid import HEADER as REQUEST_ID_HEADER
+from requestid import current_request_id
 from schemas import Problem
 
 # Every 5xx is logged here with its cause; uvicorn configures no handler, so WARNING and above
@@ -130,6 +132,10 @@ def problem_response(
         "code": code,
         **extra,
     }
+    # The request id goes in the body, and in the headers too: a 500 is sent outside the middleware that adds it.
+    if (request_id := current_request_id()) is not None:
+        body["request_id"] = request_id
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return JSONResponse(to_jsonable_python(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

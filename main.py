@@ -9,14 +9,19 @@ from functools import partial
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session
 
 from auth import issue_token, resolve_admin_token
+from bodylimit import BodyLimit
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from live import Hub
-from routers import health, holds, page, rooms, slots, stats, users
+from observability import RequestObservability, configure_access_log
+from ratelimit import RateLimits, RateLimitStore
+from requestid import HEADER as REQUEST_ID_HEADER
+from routers import health, holds, metrics, page, rooms, slots, stats, users
 from state import AppState
 from tokens import TokenCache
 
@@ -68,8 +73,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=partial(lifespan, settings=settings),
     )
     install_error_handlers(app)
-    for module in (users, rooms, slots, holds, health, stats, page):
+    for module in (users, rooms, slots, holds, health, stats, metrics, page):
         app.include_router(module.router)
+    # Pure ASGI middlewares; the last added runs first. Ids, logs and metrics see every answer;
+    # CORS headers go on 413s and 429s too; a body is bounded before anything reads it.
+    app.add_middleware(RateLimitStore, limits=RateLimits(settings))
+    app.add_middleware(BodyLimit)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
+    app.add_middleware(RequestObservability, log_requests=settings.access_log)
+    if settings.access_log:
+        configure_access_log()
     return app
 
 

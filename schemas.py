@@ -1,6 +1,7 @@
 """Pydantic request and response models, and the status vocabularies they share with the tables."""
 
 import re
+import unicodedata
 import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -9,6 +10,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 HANDLE_PATTERN = re.compile(r"[a-z0-9_]{1,32}")
+# What a client may send: surrounding whitespace is stripped and letters are lowercased before the check.
+HANDLE_INPUT_PATTERN = r"^\s*[A-Za-z0-9_]{1,32}\s*$"
+NAME_MAX_LENGTH = 200
+EMAIL_MAX_LENGTH = 320  # RFC 3696's bound: 64 before the @, 255 after
+CURSOR_MAX_LENGTH = 128  # what encode_cursor makes is about 92 characters
+# Control (Cc: NUL, ESC...), format (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE, U+200D
+# ZERO WIDTH JOINER...), lone surrogates (Cs) and line/paragraph separators (Zl, Zp).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 class HoldStatus(StrEnum):
@@ -54,6 +63,28 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """A datetime that must carry an offset (naive → 422); normalised to UTC."""
 
 
+def _visible_text(value: str) -> str:
+    for char in value:
+        if unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+            raise ValueError(f"must not contain control or invisible formatting characters (found U+{ord(char):04X})")
+    # One spelling per look: a composed "é" and "e" + combining accent are the same name.
+    return unicodedata.normalize("NFC", value)
+
+
+DisplayName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        description="1-200 characters; no control, bidirectional-override or zero-width characters",
+    ),
+    AfterValidator(_visible_text),
+]
+"""A name shown to others (a user's, a room's): nothing in it may change how it or its neighbours look."""
+
+Cursor = Annotated[str, Field(max_length=CURSOR_MAX_LENGTH, description="`next_cursor` from the previous page")]
+
+
 def _normalise_handle(value: str) -> str:
     handle = value.lower()
     if not HANDLE_PATTERN.fullmatch(handle):
@@ -86,11 +117,14 @@ class Problem(BaseModel):
 
 
 class UserCreate(InputModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: DisplayName
     handle: Annotated[str, AfterValidator(_normalise_handle)] = Field(
-        description="1-32 letters, digits or underscores; stored lowercase, unique case-insensitively"
+        max_length=64,
+        pattern=HANDLE_INPUT_PATTERN,
+        description="1-32 letters, digits or underscores (surrounding whitespace is ignored); "
+        "stored lowercase, unique case-insensitively",
     )
-    email: EmailStr | None = None
+    email: Annotated[EmailStr, Field(max_length=EMAIL_MAX_LENGTH)] | None = None
 
 
 class UserRead(ReadModel):
@@ -112,7 +146,7 @@ class TokenRead(BaseModel):
 
 
 class RoomCreate(InputModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: DisplayName
     capacity: int = Field(ge=1, le=100_000)
 
 

@@ -12,15 +12,18 @@ from config import Settings
 from db import Database
 from errors import problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
+from ratelimit import HoldRateLimit
 from routers import json_response
-from schemas import HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldStatus
+from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldStatus
 from state import DatabaseDep, SettingsDep
 
 router = APIRouter(prefix="/holds", tags=["holds"])
 
 
 @router.post("", status_code=201, response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
-async def create_hold(data: HoldCreate, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep) -> Response:
+async def create_hold(
+    data: HoldCreate, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, _: HoldRateLimit
+) -> Response:
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""
     ensure_acting_user(user_id, data.user_id)
     hold = await db.run(
@@ -36,7 +39,7 @@ async def list_holds(
     settings: SettingsDep,
     status: HoldStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: Cursor | None = None,
 ) -> Response:
     """The caller's holds and bookings, newest first."""
     page = await db.run(

@@ -14,7 +14,7 @@ from clock import utc_now
 from errors import Unauthenticated, problem_schema
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
-from schemas import SlotPage, SlotRead, SlotStatus, UtcDatetime
+from schemas import Cursor, SlotPage, SlotRead, SlotStatus, UtcDatetime
 from state import DatabaseDep, HubDep
 
 router = APIRouter(prefix="/slots", tags=["slots"])
@@ -42,7 +42,7 @@ async def list_slots(
     start_to: Annotated[UtcDatetime | None, Query(alias="to", description="Slots starting before this")] = None,
     status: SlotStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: Cursor | None = None,
     user_id: UserIdQuery = None,
 ) -> Response:
     """Slots by start time, each with its status for the caller (anonymous: every hold is HELD_BY_OTHER)."""
@@ -85,7 +85,8 @@ async def stream_slots(
     start_to: Annotated[UtcDatetime | None, Query(alias="to", description="Slots starting before this")] = None,
     user_id: UserIdQuery = None,
     last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", description="Resume after this event id (sent by EventSource)")
+        str | None,
+        Header(alias="Last-Event-ID", max_length=64, description="Resume after this event id (sent by EventSource)"),
     ] = None,
 ) -> EventSourceResponse:
     """Live board: the slots of GET /slots (at most 1,000) as a snapshot, then every change as it commits."""

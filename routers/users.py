@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from auth import AdminDep, CurrentUserId, create_user, get_user, issue_token
 from errors import problem_schema
+from ratelimit import SignupRateLimit
 from routers import json_response
 from schemas import TokenRead, UserCreate, UserRead, UserWithToken
 from state import DatabaseDep
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 
 @router.post("", status_code=201, response_model=UserWithToken, responses=problem_schema(409, 422))
-async def register(data: UserCreate, db: DatabaseDep) -> Response:
+async def register(data: UserCreate, db: DatabaseDep, _: SignupRateLimit) -> Response:
     """Create a user and return it with its first bearer token (shown only here)."""
 
     def work(session: Session) -> UserWithToken:

@@ -36,7 +36,7 @@ class ApiUser:
 
 
 def isolated_settings(**overrides: object) -> Settings:
-    """Settings for an isolated in-memory app: fixed admin token, no demo data."""
+    """Settings for an isolated in-memory app: fixed admin token, no demo data, no rate limits."""
     values: dict[str, object] = {
         "database_url": "sqlite:///:memory:",
         "admin_token": ADMIN_TOKEN,
@@ -46,6 +46,9 @@ def isolated_settings(**overrides: object) -> Settings:
         # Most tests hold, release and re-hold freely; tests/test_hold_limits.py sets the limits.
         "hold_max_active_per_user": 10_000,
         "hold_rehold_cooldown_seconds": 0,
+        # Tests make many users and holds from one address; tests/test_rate_limits.py sets its own limits.
+        "rate_limit_signups": "",
+        "rate_limit_holds": "",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

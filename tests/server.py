@@ -14,14 +14,19 @@ from bench.server import Server
 SHUTDOWN_GRACE_SECONDS = 15  # time for uvicorn's graceful shutdown before the group is killed
 
 
-# Races and load tests have many users hold, release and re-hold many slots: the anti-hoarding
-# limits are off unless a test sets them (tests/test_hold_limits.py does).
-UNLIMITED = {"HOLD_MAX_ACTIVE_PER_USER": "10000", "HOLD_REHOLD_COOLDOWN_SECONDS": "0"}
+# Races and load tests have many users sign up, hold, release and re-hold many slots from one
+# address: the anti-hoarding limits and rate limits are off unless a test sets them.
+UNLIMITED = {
+    "HOLD_MAX_ACTIVE_PER_USER": "10000",
+    "HOLD_REHOLD_COOLDOWN_SECONDS": "0",
+    "RATE_LIMIT_SIGNUPS": "",
+    "RATE_LIMIT_HOLDS": "",
+}
 
 
 @contextmanager
 def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30) -> Iterator[str]:
-    """Start `uvicorn main:app` with these settings; yield its base URL; stop it afterwards."""
+    """Start `uvicorn main:app` with these settings (limits off unless given); yield its base URL; stop it."""
     with tempfile.TemporaryDirectory(prefix="test-server-") as tmp:
         server = Server(app="main:app", env={**UNLIMITED, **env}, workers=workers, log_path=Path(tmp) / "uvicorn.log")
         try:
