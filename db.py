@@ -233,6 +233,7 @@ def write_transaction(session: Session, *locks: Executable, **lock_params: objec
         if claim is None:
             session.commit()
         else:
+            session.flush()  # what the response is built from gets its ids and defaults now
             claim.written = True  # committed by the claim, with the response it stores
     except BaseException:
         changelog.discard(session)

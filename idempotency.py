@@ -97,9 +97,9 @@ async def get_idempotency(
         str | None,
         Header(
             alias=HEADER,
-            description="Retry-safe key (1-255 printable ASCII): a repeat returns the first response unchanged",
-            min_length=1,
-            max_length=255,
+            # Checked by hand, not by the schema: a malformed key is 400 INVALID_IDEMPOTENCY_KEY, not 422.
+            description="Retry-safe key, 1-255 printable ASCII characters: a repeat with the same key, "
+            "path and body returns the first response (Idempotent-Replayed: true) and changes nothing",
         ),
     ] = None,
 ) -> Idempotency | None:
@@ -221,13 +221,15 @@ def _run(
 async def respond(
     db: Database,
     settings: Settings,
-    claim: Claim | None,
+    idempotency: Idempotency | None,
+    scope: uuid.UUID | str,
     work: Callable[[Session], BaseModel],
     status_code: int = 200,
 ) -> Response:
-    """Run a POST's database work once per key; answer with its JSON, or with the stored answer."""
-    if claim is None:
+    """Run a POST's database work once per key in the caller's `scope`; answer with its JSON or the stored answer."""
+    if idempotency is None:
         return json_response(await db.run(work), status_code)
+    claim = idempotency.scoped(scope)
     ttl = timedelta(seconds=settings.idempotency_key_ttl_seconds)
     return await db.run(lambda session: _run(claim, ttl, work, status_code, session))
 

@@ -11,6 +11,7 @@ from auth import CurrentUserId, ensure_acting_user
 from config import Settings
 from db import Database
 from errors import problem_schema
+from idempotency import Idempotency, IdempotencyDep, respond
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from ratelimit import HoldRateLimit
 from routers import json_response
@@ -22,14 +23,20 @@ router = APIRouter(prefix="/holds", tags=["holds"])
 
 @router.post("", status_code=201, response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
 async def create_hold(
-    data: HoldCreate, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, _: HoldRateLimit
+    data: HoldCreate,
+    user_id: CurrentUserId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    _: HoldRateLimit,
+    idem: IdempotencyDep,
 ) -> Response:
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""
     ensure_acting_user(user_id, data.user_id)
-    hold = await db.run(
-        lambda session: booking.create_hold(session, slot_id=data.slot_id, user_id=user_id, settings=settings)
-    )
-    return json_response(hold, 201)
+
+    def work(session: Session) -> HoldRead:
+        return booking.create_hold(session, slot_id=data.slot_id, user_id=user_id, settings=settings)
+
+    return await respond(db, settings, idem, user_id, work, 201)
 
 
 @router.get("", response_model=HoldPage, responses=problem_schema(401, 422))
@@ -71,42 +78,63 @@ async def _act(
     db: Database,
     settings: Settings,
     data: HoldAction | None,
+    idem: Idempotency | None,
 ) -> Response:
     ensure_acting_user(user_id, data.user_id if data is not None else None)
 
     def work(session: Session) -> HoldRead:
         return action(session, hold_id=hold_id, user_id=user_id, settings=settings)
 
-    return json_response(await db.run(work))
+    return await respond(db, settings, idem, user_id, work)
 
 
 @router.post("/{hold_id}/confirm", response_model=HoldRead, responses=problem_schema(401, 403, 404, 410, 422))
 async def confirm(
-    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID,
+    user_id: CurrentUserId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+    data: HoldAction | None = None,
 ) -> Response:
     """Confirm a live hold: it becomes the booking. Confirming again returns the same booking."""
-    return await _act(booking.confirm_hold, hold_id, user_id, db, settings, data)
+    return await _act(booking.confirm_hold, hold_id, user_id, db, settings, data, idem)
 
 
 @router.post("/{hold_id}/release", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 410, 422))
 async def release(
-    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID,
+    user_id: CurrentUserId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+    data: HoldAction | None = None,
 ) -> Response:
     """Release a live hold so others can take the slot. Releasing again is a no-op."""
-    return await _act(booking.release_hold, hold_id, user_id, db, settings, data)
+    return await _act(booking.release_hold, hold_id, user_id, db, settings, data, idem)
 
 
 @router.post("/{hold_id}/extend", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 410, 422))
 async def extend(
-    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID,
+    user_id: CurrentUserId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+    data: HoldAction | None = None,
 ) -> Response:
     """Push a live hold's expiry to now + HOLD_TTL_SECONDS, at most HOLD_MAX_EXTENSIONS times."""
-    return await _act(booking.extend_hold, hold_id, user_id, db, settings, data)
+    return await _act(booking.extend_hold, hold_id, user_id, db, settings, data, idem)
 
 
 @router.post("/{hold_id}/cancel", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
 async def cancel(
-    hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep, data: HoldAction | None = None
+    hold_id: uuid.UUID,
+    user_id: CurrentUserId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    idem: IdempotencyDep,
+    data: HoldAction | None = None,
 ) -> Response:
     """Cancel a booking before its slot starts; the slot is free again. Cancelling again is a no-op."""
-    return await _act(booking.cancel_booking, hold_id, user_id, db, settings, data)
+    return await _act(booking.cancel_booking, hold_id, user_id, db, settings, data, idem)

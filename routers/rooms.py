@@ -3,22 +3,29 @@
 import uuid
 
 from fastapi import APIRouter, Response
+from sqlalchemy.orm import Session
 
 import catalog
 from auth import AdminDep
 from errors import problem_schema
+from idempotency import ADMIN, IdempotencyDep, respond
 from routers import json_response
 from schemas import RoomCreate, RoomRead, SlotCreate, SlotRead
-from state import DatabaseDep
+from state import DatabaseDep, SettingsDep
 
 router = APIRouter(prefix="/rooms", tags=["rooms"])
 
 
 @router.post("", status_code=201, response_model=RoomRead, responses=problem_schema(401, 403, 409, 422))
-async def create_room(_: AdminDep, data: RoomCreate, db: DatabaseDep) -> Response:
+async def create_room(
+    _: AdminDep, data: RoomCreate, db: DatabaseDep, settings: SettingsDep, idem: IdempotencyDep
+) -> Response:
     """Admin: add a room; names are unique case-insensitively."""
-    room = await db.run(lambda session: RoomRead.model_validate(catalog.create_room(session, data)))
-    return json_response(room, 201)
+
+    def work(session: Session) -> RoomRead:
+        return RoomRead.model_validate(catalog.create_room(session, data))
+
+    return await respond(db, settings, idem, ADMIN, work, 201)
 
 
 @router.get("", response_model=list[RoomRead])
@@ -40,6 +47,12 @@ async def get_room(room_id: uuid.UUID, db: DatabaseDep) -> Response:
     response_model=SlotRead,
     responses=problem_schema(401, 403, 404, 409, 422),
 )
-async def create_slot(_: AdminDep, room_id: uuid.UUID, data: SlotCreate, db: DatabaseDep) -> Response:
+async def create_slot(
+    _: AdminDep, room_id: uuid.UUID, data: SlotCreate, db: DatabaseDep, settings: SettingsDep, idem: IdempotencyDep
+) -> Response:
     """Admin: add a future, non-overlapping slot to a room."""
-    return json_response(await db.run(lambda session: catalog.create_slot(session, room_id, data)), 201)
+
+    def work(session: Session) -> SlotRead:
+        return catalog.create_slot(session, room_id, data)
+
+    return await respond(db, settings, idem, ADMIN, work, 201)

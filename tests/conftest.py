@@ -24,7 +24,7 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 # TEST_POSTGRES_URLs can run their suites side by side on one server.
 POSTGRES_DB = make_url(POSTGRES_URL).database or "booking_test"
 REQUIRE_POSTGRES = os.environ.get("BOOKING_REQUIRE_POSTGRES") == "1"
-TABLES = "slot_events, holds, api_tokens, time_slots, rooms, users, service_secrets"
+TABLES = "idempotency_keys, slot_events, holds, api_tokens, time_slots, rooms, users, service_secrets"
 
 
 def _postgres_unavailable(reason: str) -> None:

@@ -4,6 +4,7 @@ import hashlib
 import threading
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -25,7 +26,7 @@ def _count(client: TestClient, table: type) -> int:
         return session.scalar(select(func.count()).select_from(table)) or 0
 
 
-def _key(value: str) -> dict[str, str]:
+def _key(value: str | bytes) -> dict[str, Any]:
     return {"Idempotency-Key": value}
 
 
@@ -78,8 +79,8 @@ def test_keys_belong_to_their_user(client: TestClient) -> None:
     assert second.json()["user_id"] == bob.id
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there"])
-def test_a_malformed_key_is_400(client: TestClient, key: str) -> None:
+@pytest.mark.parametrize("key", [b"", b"x" * 256, "caf\u00e9".encode("latin-1"), b"tab\there", b"del\x7f"])
+def test_a_malformed_key_is_400(client: TestClient, key: bytes) -> None:
     alice = make_user(client)
     response = client.post("/holds", json={"slot_id": make_slot(client)}, headers={**alice.auth, **_key(key)})
     assert_problem(response, 400, "INVALID_IDEMPOTENCY_KEY")
