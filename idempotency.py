@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -79,6 +79,10 @@ class Idempotency:
         return Claim(str(scope), self.key, self.request_hash)
 
 
+# Documented, not enforced by the schema: a malformed key is 400 INVALID_IDEMPOTENCY_KEY, not 422.
+_KeyText = Annotated[str, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"})]
+
+
 def _valid(key: str) -> bool:
     return 1 <= len(key) <= 255 and all(" " <= char <= "~" for char in key)
 
@@ -94,10 +98,9 @@ def _request_hash(method: str, path: str, body: bytes) -> str:
 async def get_idempotency(
     request: Request,
     key: Annotated[
-        str | None,
+        _KeyText | None,
         Header(
             alias=HEADER,
-            # Checked by hand, not by the schema: a malformed key is 400 INVALID_IDEMPOTENCY_KEY, not 422.
             description="Retry-safe key, 1-255 printable ASCII characters: a repeat with the same key, "
             "path and body returns the first response (Idempotent-Replayed: true) and changes nothing",
         ),
