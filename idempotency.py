@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+import metrics
 from clock import utc_now
 from config import Settings
 from db import IDEMPOTENCY_CLAIM, Database, read_transaction
@@ -177,6 +178,7 @@ class Claim:
 
 
 def _replayed(replay: _Replay) -> Response:
+    metrics.IDEMPOTENT_REPLAYS.inc()
     return Response(replay.body, replay.status_code, media_type="application/json", headers={REPLAYED: "true"})
 
 

@@ -1,6 +1,7 @@
 """Idempotency-Key: a retried POST changes nothing more and gets the first answer again."""
 
 import hashlib
+import re
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -26,6 +27,13 @@ def _count(client: TestClient, table: type) -> int:
         return session.scalar(select(func.count()).select_from(table)) or 0
 
 
+def _replays(client: TestClient) -> float:
+    """The replay counter of /metrics (process-wide: compare before and after)."""
+    found = re.search(r"^booking_idempotent_replays_total (\S+)$", client.get("/metrics").text, re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
 def _key(value: str | bytes) -> dict[str, Any]:
     return {"Idempotency-Key": value}
 
@@ -37,12 +45,13 @@ def test_a_repeat_returns_the_first_response_and_changes_nothing(client: TestCli
     first = client.post("/holds", json={"slot_id": slot}, headers=headers)
     assert first.status_code == 201, first.text
     assert "Idempotent-Replayed" not in first.headers
-    events = _count(client, SlotEvent)
+    events, replays_before = _count(client, SlotEvent), _replays(client)
     again = client.post("/holds", json={"slot_id": slot}, headers=headers)
     assert again.status_code == 201
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     assert _count(client, Hold) == 1 and _count(client, SlotEvent) == events
+    assert _replays(client) == replays_before + 1
 
 
 def test_json_spacing_and_key_order_do_not_make_another_request(client: TestClient) -> None:
