@@ -1,5 +1,6 @@
 """Settings, read once from the environment (pydantic-settings)."""
 
+from datetime import timedelta
 from functools import lru_cache
 
 from pydantic import Field
@@ -17,7 +18,10 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(300, ge=1, le=86_400)
     hold_max_extensions: int = Field(1, ge=0, le=100)
     admin_token: str | None = Field(None, min_length=16)
-    seed_demo_data: bool = True
+    # None: seed the in-memory default only; true also seeds a file or PostgreSQL database.
+    seed_demo_data: bool | None = None
+    # Lifetime of tokens issued from now on; None: they work until revoked.
+    token_ttl_days: int | None = Field(None, ge=1, le=36_500)
     # How long a SQLite writer waits for another process's write lock before giving up (503).
     # The worker's event loop waits with it, so keep it short (see docs/performance.md#sqlite-on-the-event-loop).
     sqlite_busy_timeout_seconds: float = Field(5.0, gt=0)
@@ -31,6 +35,11 @@ class Settings(BaseSettings):
     # processes' writes (PostgreSQL is woken by NOTIFY and checks this often as a safety net x20).
     stream_heartbeat_seconds: float = Field(15.0, gt=0)
     stream_poll_seconds: float = Field(0.05, gt=0)
+
+    @property
+    def token_ttl(self) -> timedelta | None:
+        """How long a newly issued token works, or None for no expiry."""
+        return None if self.token_ttl_days is None else timedelta(days=self.token_ttl_days)
 
 
 @lru_cache
