@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from clock import utc_now
@@ -47,6 +48,18 @@ _TOUCH = (
 def _monotonic() -> float:
     # Looked up at each call, not bound at import, so a frozen test clock (freezegun) governs it too.
     return time.monotonic()
+
+
+def _touch(session: Session, token_id: uuid.UUID) -> None:
+    """Record a token's use; best effort: bookkeeping never fails the request it rides on."""
+    try:
+        # Conditional, so workers racing at the minute's turn write it once.
+        with write_transaction(session) as now:
+            session.execute(_TOUCH, {"token_id": token_id, "now": now, "stale_before": now - LAST_USED_RESOLUTION})
+    except DBAPIError:
+        # The database refused the write (e.g. a SQLite file locked by another process past the busy
+        # timeout): the token was read valid, so serve the request; a later check records the use.
+        pass
 
 
 class _Entry(NamedTuple):
@@ -99,9 +112,7 @@ class TokenCache:
             self.forget(token_hash)
             return None
         if row.last_used_at is None or row.last_used_at <= now - LAST_USED_RESOLUTION:
-            # Conditional, so workers racing at the minute's turn write it once.
-            with write_transaction(session) as now:
-                session.execute(_TOUCH, {"token_id": row.id, "now": now, "stale_before": now - LAST_USED_RESOLUTION})
+            _touch(session, row.id)
         with self._lock:
             self._entries.pop(token_hash, None)
             if len(self._entries) >= self._max_entries:

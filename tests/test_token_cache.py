@@ -1,5 +1,6 @@
 """The per-process token cache: a known token skips the database for at most a second, an unknown one never sticks."""
 
+import sqlite3
 from datetime import datetime, timedelta
 
 import pytest
@@ -151,6 +152,27 @@ def test_last_used_is_written_at_most_once_a_minute() -> None:
             clock.now += CACHE_SECONDS
             cache.user_id(session, token)
         assert len(updates) == 2 and last_used() == first + timedelta(minutes=1)
+    db.dispose()
+
+
+def test_a_token_is_admitted_while_another_process_holds_the_sqlite_write_lock(tmp_path) -> None:
+    # Recording the use needs the write lock; a read-only request must not fail for want of it.
+    db = Database(Settings(database_url=f"sqlite:///{tmp_path}/locked.db", sqlite_busy_timeout_seconds=0.1))
+    prepare_schema(db)
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="A", handle="a"))
+    blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with Session(db.engine, expire_on_commit=False) as session:
+            assert TokenCache().user_id(session, token) == user.id
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with Session(db.engine, expire_on_commit=False) as session:
+        assert session.scalar(select(ApiToken.last_used_at)) is None  # recorded at a later check instead
+        assert TokenCache().user_id(session, token) == user.id
+        assert session.scalar(select(ApiToken.last_used_at)) is not None
     db.dispose()
 
 
