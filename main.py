@@ -37,8 +37,8 @@ def _start(settings: Settings) -> AppState:
                 lines.append(f"booking: demo user {user.handle} ({user.id}) token: {token}")
             if not created:
                 lines.append(
-                    "booking: demo data was seeded at an earlier start; its tokens were printed then"
-                    " (an admin can issue more: POST /users/{id}/token)"
+                    "booking: demo data already seeded by another worker or an earlier start, which printed its"
+                    " tokens (an admin can issue more: POST /users/{id}/token)"
                 )
     print("\n".join(lines), flush=True)
     return AppState(

@@ -341,7 +341,7 @@ def test_seeding_a_persistent_database_mints_demo_tokens_once(
     for _ in range(2):  # restarts
         with TestClient(create_app(settings)) as client:
             output = capsys.readouterr().out
-            assert _demo_tokens(output) == {} and "seeded at an earlier start" in output
+            assert _demo_tokens(output) == {} and "demo data already seeded" in output
             assert _me(client, tokens["bob"]) == 200
     db = Database(settings)
     with Session(db.engine) as session:
