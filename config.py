@@ -1,5 +1,6 @@
 """Settings, read once from the environment (pydantic-settings)."""
 
+from datetime import timedelta
 from functools import lru_cache
 
 from limits import parse_many
@@ -23,7 +24,10 @@ class Settings(BaseSettings):
     hold_max_active_per_user: int = Field(4, ge=1, le=10_000)
     hold_rehold_cooldown_seconds: int = Field(60, ge=0, le=86_400)
     admin_token: str | None = Field(None, min_length=16)
-    seed_demo_data: bool = True
+    # None: seed the in-memory default only; true also seeds a file or PostgreSQL database.
+    seed_demo_data: bool | None = None
+    # Lifetime of tokens issued from now on; None: they work until revoked.
+    token_ttl_days: int | None = Field(None, ge=1, le=36_500)
     # How long a SQLite writer waits for another process's write lock before giving up (503).
     # The worker's event loop waits with it, so keep it short (see docs/performance.md#sqlite-on-the-event-loop).
     sqlite_busy_timeout_seconds: float = Field(5.0, gt=0)
@@ -68,6 +72,11 @@ class Settings(BaseSettings):
     def cors_origins(self) -> list[str]:
         """CORS_ALLOW_ORIGINS as a list (empty: no cross-origin access)."""
         return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
+    @property
+    def token_ttl(self) -> timedelta | None:
+        """How long a newly issued token works, or None for no expiry."""
+        return None if self.token_ttl_days is None else timedelta(days=self.token_ttl_days)
 
 
 @lru_cache

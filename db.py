@@ -295,22 +295,27 @@ def prepare_schema(db: Database) -> None:
 
 
 def seed_demo_data(session: Session, now: datetime | None = None) -> list[User]:
-    """Create demo users, rooms and upcoming one-hour slots once; return the demo users."""
+    """Create demo users, rooms and upcoming one-hour slots once; return the demo users created by this call.
+
+    An empty list means the database was seeded before (or by another worker at the same
+    moment): the caller mints and prints demo tokens only for users it has just created, so
+    restarts on a persistent database do not pile up never-expiring tokens.
+    """
     now = now or utc_now()
-    handles = [handle for _, handle, _ in DEMO_USERS]
+    created: list[User] = []
     try:
         with write_transaction(session):
-            if session.scalar(select(User.id).where(User.handle == handles[0])) is None:
-                session.add_all(User(name=name, handle=handle, email=email) for name, handle, email in DEMO_USERS)
+            if session.scalar(select(User.id).where(User.handle == DEMO_USERS[0][1])) is None:
+                created = [User(name=name, handle=handle, email=email) for name, handle, email in DEMO_USERS]
+                session.add_all(created)
                 for room_name, capacity in DEMO_ROOMS:
                     room = Room(name=room_name, capacity=capacity)
                     session.add(room)
                     session.flush()
                     session.add_all(_demo_slots(room.id, now))
     except IntegrityError:
-        pass  # another worker seeded the same database at the same moment
-    with read_transaction(session):
-        return list(session.scalars(select(User).where(User.handle.in_(handles)).order_by(User.handle)))
+        return []  # another worker seeded the same database at the same moment
+    return sorted(created, key=lambda user: user.handle)
 
 
 def _demo_slots(room_id: uuid.UUID, now: datetime) -> list[TimeSlot]:

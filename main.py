@@ -29,14 +29,26 @@ from tokens import TokenCache
 def _start(settings: Settings) -> AppState:
     db = Database(settings)
     prepare_schema(db)
+    # Demo data by default only in memory: a file or PostgreSQL database gets it on request alone.
+    seed = db.in_memory if settings.seed_demo_data is None else settings.seed_demo_data
     with Session(db.engine, expire_on_commit=False) as session:
-        admin_token = resolve_admin_token(session, settings, shared=not db.in_memory)
-        lines = [f"booking: database {db.backend}; admin token: {admin_token}"]
-        if settings.seed_demo_data:
-            for user in seed_demo_data(session):
-                lines.append(f"booking: demo user {user.handle} ({user.id}) token: {issue_token(session, user.id)}")
+        admin = resolve_admin_token(session, settings, shared=not db.in_memory)
+        lines = [f"booking: database {db.backend}; admin token: {admin.shown}"]
+        if seed:
+            created = seed_demo_data(session)
+            # Tokens only for demo users created just now: a restart mints none.
+            for user in created:
+                token = issue_token(session, user.id, ttl=settings.token_ttl)
+                lines.append(f"booking: demo user {user.handle} ({user.id}) token: {token}")
+            if not created:
+                lines.append(
+                    "booking: demo data already seeded by another worker or an earlier start, which printed its"
+                    " tokens (an admin can issue more: POST /users/{id}/token)"
+                )
     print("\n".join(lines), flush=True)
-    return AppState(settings=settings, db=db, tokens=TokenCache(), admin_token=admin_token, hub=Hub(db, settings))
+    return AppState(
+        settings=settings, db=db, tokens=TokenCache(), admin_token_hash=admin.token_hash, hub=Hub(db, settings)
+    )
 
 
 @asynccontextmanager

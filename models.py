@@ -106,12 +106,20 @@ class User(Base):
 
 
 class ApiToken(Base):
-    """A bearer token, kept only as its SHA-256 so a database leak does not leak tokens."""
+    """A bearer token, kept only as its SHA-256 so a database leak does not leak tokens.
+
+    It works while `revoked_at` is unset and `expires_at` (if any) is in the future. Rows are
+    kept after revocation, so a token id stays explainable.
+    """
 
     __tablename__ = "api_tokens"
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    # Written at most once a minute per token (tokens.py), so the hot path stays read-only.
+    last_used_at: Mapped[datetime | None]
 
 
 def _room_name_key(context: DefaultExecutionContext) -> str:
@@ -185,7 +193,10 @@ class Hold(Base):
 
 
 class ServiceSecret(Base):
-    """A secret every worker and host must share, e.g. the admin token generated when none is set."""
+    """A secret every worker and host must share, e.g. the hash of the admin token generated when none is set.
+
+    Never a plain credential: a database dump must not hand out the admin token.
+    """
 
     __tablename__ = "service_secrets"
 

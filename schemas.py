@@ -145,6 +145,16 @@ class TokenRead(BaseModel):
     token: str = Field(description="Bearer token; shown only in this response")
 
 
+class ApiTokenRead(BaseModel):
+    """One of the caller's working tokens: never the token itself."""
+
+    id: uuid.UUID
+    created_date: datetime
+    last_used_at: datetime | None = Field(description="Updated at most once a minute")
+    expires_at: datetime | None = Field(description="None: works until revoked")
+    current: bool = Field(description="True for the token this request came with")
+
+
 class RoomCreate(InputModel):
     name: DisplayName
     capacity: int = Field(ge=1, le=100_000)

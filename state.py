@@ -14,7 +14,7 @@ from tokens import TokenCache
 
 @dataclass(frozen=True, eq=False)
 class AppState(State):
-    """The running app's settings, database, token cache, admin token and live hub; fixed once start-up is done.
+    """The running app's settings, database, token cache, admin token's hash and live hub; fixed once start-up is done.
 
     A Starlette `State`, so it can stand as `app.state` itself (tests reach `app.state.db`).
     """
@@ -22,7 +22,7 @@ class AppState(State):
     settings: Settings
     db: Database
     tokens: TokenCache
-    admin_token: str = field(repr=False)
+    admin_token_hash: str = field(repr=False)
     hub: Hub
 
     def __post_init__(self) -> None:

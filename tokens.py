@@ -1,15 +1,27 @@
-"""Which user a bearer token belongs to: tokens are stored hashed, and each process caches the hits."""
+"""Which user a bearer token belongs to: tokens are stored hashed, and each process caches the hits for a second."""
 
 import hashlib
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from db import read_transaction
+from clock import utc_now
+from db import read_transaction, write_transaction
 from models import ApiToken
+
+# How long a process trusts a token it has checked in the database without asking again: the
+# bound on how late a revocation made by another worker or host takes effect here.
+CACHE_SECONDS = 1.0
+# `last_used_at` is rewritten at most this often per token: one write a minute, not one a request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_token(token: str) -> str:
@@ -17,40 +29,99 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-# Built once: every authenticated request runs it (one indexed read of one table).
-_USER_ID_FOR_TOKEN = select(ApiToken.user_id).where(ApiToken.token_hash == bindparam("h"))
+# Built once: every cache miss runs them (one indexed read of one table; a write once a minute).
+_TOKEN_ROW = select(
+    ApiToken.id, ApiToken.user_id, ApiToken.expires_at, ApiToken.revoked_at, ApiToken.last_used_at
+).where(ApiToken.token_hash == bindparam("h"))
+_TOUCH = (
+    update(ApiToken)
+    .where(
+        ApiToken.id == bindparam("token_id"),
+        or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= bindparam("stale_before")),
+    )
+    # Being used is not a change to the token: last_updated_date keeps its value.
+    .values(last_used_at=bindparam("now"), last_updated_date=ApiToken.last_updated_date)
+    .execution_options(synchronize_session=False)
+)
+
+
+def _monotonic() -> float:
+    # Looked up at each call, not bound at import, so a frozen test clock (freezegun) governs it too.
+    return time.monotonic()
+
+
+def _touch(session: Session, token_id: uuid.UUID) -> None:
+    """Record a token's use; best effort: bookkeeping never fails the request it rides on."""
+    try:
+        # Conditional, so workers racing at the minute's turn write it once.
+        with write_transaction(session) as now:
+            session.execute(_TOUCH, {"token_id": token_id, "now": now, "stale_before": now - LAST_USED_RESOLUTION})
+    except DBAPIError:
+        # The database refused the write (e.g. a SQLite file locked by another process past the busy
+        # timeout): the token was read valid, so serve the request; a later check records the use.
+        pass
+
+
+class _Entry(NamedTuple):
+    user_id: uuid.UUID
+    checked_at: float  # this process's monotonic clock, read before the database was asked
+    expires_at: datetime | None
 
 
 class TokenCache:
-    """Valid tokens this process has already looked up, by hash: most requests skip the database.
+    """Valid tokens this process has checked in the database within the last second, by hash.
 
-    Exact because a token, once issued, never changes owner and is never revoked or expired
-    (there is no endpoint for either, and users are never deleted). Whoever adds revocation
-    must drop or invalidate this cache. Only hits are kept, so random invalid tokens cannot
-    fill it; the oldest entry goes when it is full.
+    A hit skips the database; an entry older than CACHE_SECONDS is checked again. The entry's
+    age is counted from before the read that admitted it, so a revocation committed anywhere
+    (another worker, another host: only this process's own clock is read) is honoured here
+    within CACHE_SECONDS of its commit. Expiry is judged on every hit, so it is exact. Only
+    valid tokens are kept, so random invalid tokens cannot fill it; the oldest entry goes when
+    it is full.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], float] | None = None) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self._users: OrderedDict[str, uuid.UUID] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._max_entries = max_entries
+        self._clock = clock or _monotonic
         self._lock = threading.Lock()  # PostgreSQL work runs in several threads
 
+    def _fresh(self, token_hash: str) -> uuid.UUID | None:
+        entry = self._entries.get(token_hash)
+        if entry is None or self._clock() - entry.checked_at >= CACHE_SECONDS:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= utc_now():
+            return None
+        return entry.user_id
+
     def cached(self, token: str) -> uuid.UUID | None:
-        """The token's user id if this process has seen the token valid; no database work."""
-        return self._users.get(hash_token(token))
+        """The token's user id if this process checked it valid within the last second; no database work."""
+        return self._fresh(hash_token(token))
 
     def user_id(self, session: Session, token: str) -> uuid.UUID | None:
-        """The token's user id, from this cache or else from the database."""
+        """The token's user id, from this cache or else from the database; None if unknown, revoked or expired."""
         token_hash = hash_token(token)
-        user_id = self._users.get(token_hash)
-        if user_id is None:
-            with read_transaction(session):
-                user_id = session.scalar(_USER_ID_FOR_TOKEN, {"h": token_hash})
-            if user_id is not None:
-                with self._lock:
-                    if token_hash not in self._users and len(self._users) >= self._max_entries:
-                        self._users.popitem(last=False)
-                    self._users[token_hash] = user_id
-        return user_id
+        user_id = self._fresh(token_hash)
+        if user_id is not None:
+            return user_id
+        checked_at = self._clock()  # before the read: an entry is never younger than what it saw
+        with read_transaction(session) as now:
+            row = session.execute(_TOKEN_ROW, {"h": token_hash}).one_or_none()
+        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            self.forget(token_hash)
+            return None
+        if row.last_used_at is None or row.last_used_at <= now - LAST_USED_RESOLUTION:
+            _touch(session, row.id)
+        with self._lock:
+            self._entries.pop(token_hash, None)
+            if len(self._entries) >= self._max_entries:
+                self._entries.popitem(last=False)
+            self._entries[token_hash] = _Entry(row.user_id, checked_at, row.expires_at)
+        owner: uuid.UUID = row.user_id
+        return owner
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a token from this process's cache (it was revoked here): refused at once."""
+        with self._lock:
+            self._entries.pop(token_hash, None)

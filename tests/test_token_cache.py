@@ -1,13 +1,29 @@
-"""The per-process token cache: a known token skips the database, an unknown one never sticks."""
+"""The per-process token cache: a known token skips the database for at most a second, an unknown one never sticks."""
+
+import sqlite3
+from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event
+from freezegun import freeze_time
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from auth import TokenCache, create_user
+from auth import TokenCache, create_user, revoke_presented_token
 from config import Settings
 from db import Database, prepare_schema
+from models import ApiToken
 from schemas import UserCreate
+from tokens import CACHE_SECONDS, hash_token
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _database() -> Database:
@@ -16,39 +32,159 @@ def _database() -> Database:
     return db
 
 
-def _count_selects(db: Database) -> list[str]:
+def _count_statements(db: Database, verb: str = "SELECT") -> list[str]:
     seen: list[str] = []
 
     @event.listens_for(db.engine, "before_cursor_execute")
     def _record(_conn, _cursor, statement: str, *_args: object) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        if statement.lstrip().upper().startswith(verb):
             seen.append(statement)
 
     return seen
 
 
-def test_a_known_token_is_read_from_the_database_once() -> None:
+def test_a_known_token_is_read_from_the_database_once_within_a_second() -> None:
     db = _database()
     with Session(db.engine, expire_on_commit=False) as session:
         user, token = create_user(session, UserCreate(name="A", handle="a"))
-    selects = _count_selects(db)
-    cache = TokenCache()
+    selects = _count_statements(db)
+    clock = FakeClock()
+    cache = TokenCache(clock=clock)
     with Session(db.engine, expire_on_commit=False) as session:
         assert cache.user_id(session, token) == user.id
+        clock.now += CACHE_SECONDS - 0.001
         assert cache.user_id(session, token) == user.id
+        assert cache.cached(token) == user.id
     assert len(selects) == 1
+    db.dispose()
+
+
+def test_an_entry_a_second_old_is_checked_in_the_database_again() -> None:
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="A", handle="a"))
+    selects = _count_statements(db)
+    clock = FakeClock()
+    cache = TokenCache(clock=clock)
+    with Session(db.engine, expire_on_commit=False) as session:
+        assert cache.user_id(session, token) == user.id
+        clock.now += CACHE_SECONDS
+        assert cache.cached(token) is None  # the caller must ask the database again
+        assert cache.user_id(session, token) == user.id
+    assert len(selects) == 2
+    db.dispose()
+
+
+def test_a_token_revoked_elsewhere_is_refused_once_its_entry_is_a_second_old() -> None:
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="A", handle="a"))
+    clock = FakeClock()
+    cache = TokenCache(clock=clock)  # this process's cache; the revocation happens "on another worker"
+    with Session(db.engine, expire_on_commit=False) as session:
+        assert cache.user_id(session, token) == user.id
+        revoke_presented_token(session, user.id, hash_token(token))
+        clock.now += CACHE_SECONDS
+        assert cache.cached(token) is None
+        assert cache.user_id(session, token) is None
+    assert cache._entries == {}  # refused tokens are not kept
+    db.dispose()
+
+
+def test_the_entry_age_counts_from_before_the_database_read() -> None:
+    # A read that started before a revocation committed must not earn a full second after it.
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        _, token = create_user(session, UserCreate(name="A", handle="a"))
+    clock = FakeClock()
+    cache = TokenCache(clock=clock)
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def _slow_read(*_args: object) -> None:
+        clock.now += 0.4  # every statement "takes" 0.4 s
+
+    with Session(db.engine, expire_on_commit=False) as session:
+        cache.user_id(session, token)
+    (entry,) = cache._entries.values()
+    assert entry.checked_at == 1000.0
+    db.dispose()
+
+
+def test_an_expired_token_is_refused_from_the_cache_at_its_expiry() -> None:
+    db = _database()
+    with freeze_time("2030-01-01T12:00:00Z") as frozen:
+        with Session(db.engine, expire_on_commit=False) as session:
+            user, token = create_user(session, UserCreate(name="A", handle="a"), ttl=timedelta(days=1))
+        cache = TokenCache(clock=FakeClock())  # never ages: only expiry can refuse it
+        with Session(db.engine, expire_on_commit=False) as session:
+            assert cache.user_id(session, token) == user.id
+        frozen.tick(timedelta(days=1) - timedelta(seconds=1))
+        assert cache.cached(token) == user.id
+        frozen.tick(timedelta(seconds=1))
+        assert cache.cached(token) is None
+        with Session(db.engine, expire_on_commit=False) as session:
+            assert cache.user_id(session, token) is None
+    db.dispose()
+
+
+def test_last_used_is_written_at_most_once_a_minute() -> None:
+    db = _database()
+    with freeze_time("2030-01-01T12:00:00Z") as frozen:
+        with Session(db.engine, expire_on_commit=False) as session:
+            _, token = create_user(session, UserCreate(name="A", handle="a"))
+        updates = _count_statements(db, "UPDATE")
+        clock = FakeClock()
+        cache = TokenCache(clock=clock)
+
+        def last_used() -> datetime | None:
+            with Session(db.engine) as session:
+                return session.scalar(select(ApiToken.last_used_at))
+
+        with Session(db.engine, expire_on_commit=False) as session:
+            cache.user_id(session, token)
+            first = last_used()
+            for _ in range(59):  # a cache miss every second for a minute: no further write
+                frozen.tick(1)
+                clock.now += CACHE_SECONDS
+                cache.user_id(session, token)
+            assert last_used() == first and len(updates) == 1
+            frozen.tick(1)
+            clock.now += CACHE_SECONDS
+            cache.user_id(session, token)
+        assert len(updates) == 2 and last_used() == first + timedelta(minutes=1)
+    db.dispose()
+
+
+def test_a_token_is_admitted_while_another_process_holds_the_sqlite_write_lock(tmp_path) -> None:
+    # Recording the use needs the write lock; a read-only request must not fail for want of it.
+    db = Database(Settings(database_url=f"sqlite:///{tmp_path}/locked.db", sqlite_busy_timeout_seconds=0.1))
+    prepare_schema(db)
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="A", handle="a"))
+    blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with Session(db.engine, expire_on_commit=False) as session:
+            assert TokenCache().user_id(session, token) == user.id
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with Session(db.engine, expire_on_commit=False) as session:
+        assert session.scalar(select(ApiToken.last_used_at)) is None  # recorded at a later check instead
+        assert TokenCache().user_id(session, token) == user.id
+        assert session.scalar(select(ApiToken.last_used_at)) is not None
     db.dispose()
 
 
 def test_an_unknown_token_is_asked_every_time_and_not_kept() -> None:
     db = _database()
-    selects = _count_selects(db)
+    selects = _count_statements(db)
     cache = TokenCache()
     with Session(db.engine, expire_on_commit=False) as session:
         assert cache.user_id(session, "not-a-token") is None
         assert cache.user_id(session, "not-a-token") is None
     assert len(selects) == 2
-    assert cache._users == {}
+    assert cache._entries == {}
     db.dispose()
 
 
@@ -60,9 +196,10 @@ def test_a_full_cache_drops_its_oldest_entry_and_still_answers() -> None:
     with Session(db.engine, expire_on_commit=False) as session:
         for user, token in tokens:
             assert cache.user_id(session, token) == user.id
-        assert len(cache._users) == 2
+        assert len(cache._entries) == 2
         first_user, first_token = tokens[0]
         assert cache.user_id(session, first_token) == first_user.id  # read again from the database
+        assert len(cache._entries) == 2
     db.dispose()
 
 
