@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx2 as httpx
 import psycopg
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -519,9 +520,18 @@ def test_a_nul_byte_the_driver_refuses_is_a_logged_422_not_a_silent_503(
     # psycopg refuses NUL in text before sending it: a DataError with no SQL state, which was
     # reported as "database unavailable". It is the request's value, not the database.
     settings = isolated_settings(database_url=pg_url)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    app = create_app(settings)
+
+    async def store_a_nul(request: Request) -> None:
+        # Names are refused by validation first (tests/test_edge.py); this reaches the driver
+        # the way any unvalidated string would, through the app's own error handling.
+        db = request.app.state.db
+        await db.run(lambda session: session.execute(text("SELECT CAST(:v AS text)"), {"v": "Nul\x00Name"}))
+
+    app.add_api_route("/store-a-nul", store_a_nul, methods=["POST"])
+    with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/users", json={"name": "Nul\x00Name", "handle": f"nul_{uuid.uuid4().hex[:8]}"})
-        if response.status_code == 422 and response.json()["code"] == "VALIDATION_ERROR":
-            pytest.skip("names with NUL are refused by validation before the database")
+        assert_problem(response, 422, "VALIDATION_ERROR")  # refused before any driver sees it
+        response = client.post("/store-a-nul")
         assert_problem(response, 422, "UNSTORABLE_VALUE")
         assert [r for r in caplog.records if r.name == "booking.errors" and "UNSTORABLE_VALUE" in r.getMessage()]
