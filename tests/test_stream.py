@@ -127,7 +127,10 @@ def wait_until_equal(follower: Follower, api: Api, params: dict[str, str], heade
         if follower.board.items() == expected:
             return expected
         if time.monotonic() > deadline:
-            assert follower.board.items() == expected
+            shown, truth = follower.board.slots, {item["id"]: item for item in expected}
+            differ = {key: (shown.get(key), truth.get(key)) for key in shown.keys() | truth.keys()}
+            differ = {key: pair for key, pair in differ.items() if pair[0] != pair[1]}
+            raise AssertionError(f"board != GET /slots for {follower.headers or 'anonymous'}: (shown, listed) {differ}")
         time.sleep(0.05)
 
 
@@ -435,20 +438,26 @@ def test_a_resuming_client_holds_what_get_slots_returns(quick_lapse_api: Api, se
             hour = rng.choice(list(slots))
             if api.client.delete(f"/slots/{slots[hour]}", headers=ADMIN).status_code == 204:
                 del slots[hour]
-        elif roll < 0.9:
+        elif roll < 0.88:
             follower = rng.choice(followers)
             if follower.connected:
                 follower.disconnect()
             else:
                 follower.connect()
         else:
-            time.sleep(rng.uniform(0.3, 1.1))  # let holds lapse, with some clients away
+            present = [f for f in followers if f.connected]
+            if present:
+                rng.choice(present).disconnect()
+            time.sleep(rng.uniform(0.3, 1.1))  # holds lapse, some shown to clients that are away
 
     def settle_and_compare() -> None:
         for follower in followers:
+            if follower.connected and rng.random() < 0.5:
+                follower.disconnect()
+        time.sleep(1.2)  # every hold (TTL 1 s) lapses, those shown to clients that are away included
+        for follower in followers:
             if not follower.connected:
                 follower.connect()
-        time.sleep(1.2)  # every hold (TTL 1 s) has lapsed or been extended past this
         for follower in followers:
             wait_until_equal(follower, api, follower.params, follower.headers)
 
