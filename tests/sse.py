@@ -274,6 +274,23 @@ class Follower:
                 raise TimeoutError(f"no matching event within {timeout} s: {self.stream.describe()}")
             time.sleep(0.01)
 
+    def check_ids(self) -> None:
+        """Per connection: ids never go back, resumed ones start after Last-Event-ID, only lapses repeat one.
+
+        Event ids are change-log positions; a lapse (which writes nothing) carries the stream's
+        current position, so it may repeat the previous id.
+        """
+        for resumed_from, events in self.connections:
+            if resumed_from is not None and events:
+                assert events[0].kind != "snapshot", "a resume from a recent position got a snapshot"
+            previous = int(resumed_from) if resumed_from is not None else -1
+            for event in events:
+                if event.position == previous:
+                    assert event.kind == "slot" and event.data["status"] == "AVAILABLE", event  # a lapse
+                else:
+                    assert event.position > previous, (previous, event)
+                previous = event.position
+
 
 def list_all_slots(client: httpx.Client, params: Mapping[str, str], headers: Mapping[str, str] | None = None) -> list:
     """Every item GET /slots returns for these filters and this caller, following the cursor."""
