@@ -12,14 +12,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx2 as httpx
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 
 from db import normalise_url
-from models import SlotEvent
+from models import SlotEvent, TimeSlot
 from tests.conftest import POSTGRES_DB
 from tests.factories import ADMIN
 from tests.server import running_server
@@ -204,3 +204,54 @@ def test_concurrent_writers_on_two_servers_never_make_a_subscriber_miss_a_change
 
 def follower_api(pair: Pair, follower: Follower) -> Api:
     return pair.a if follower.base_url == pair.a.base_url else pair.b
+
+
+@pytest.mark.parametrize("pair", ["postgresql"], indirect=True)
+def test_a_change_committed_as_the_first_stream_of_a_process_opens_is_not_lost(pair: Pair) -> None:
+    """A process with no stream restarts its log reader at the head when one opens.
+
+    A change committed between the stream's opening read and that restart must still reach the
+    stream. To widen the window the reading server has one database connection (its log read
+    waits for the opening's) and the stream covers ~900 slots (a slower opening); the write
+    lands 5-40 ms after the stream is requested, a sweep across the window.
+    """
+    (_, alice) = pair.a.user()
+    room, start = pair.a.room(), tomorrow()
+    *slots, spare = pair.a.slots(room, start, 9)
+    engine = create_engine(normalise_url(pair.database_url))
+    filler, now = start + timedelta(days=200), datetime.now(UTC)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "room_id": uuid.UUID(room),
+            "start_time": filler + timedelta(minutes=i),
+            "end_time": filler + timedelta(minutes=i + 1),
+            "created_date": now,
+            "last_updated_date": now,
+        }
+        for i in range(900)
+    ]
+    with engine.begin() as conn:
+        conn.execute(TimeSlot.__table__.insert(), rows)
+    engine.dispose()
+    params = {"room_id": room, "from": start.isoformat()}
+    env = server_env(pair.database_url, STREAM_POLL_SECONDS="0.5", DB_POOL_SIZE="1", DB_MAX_OVERFLOW="0")
+    missed = []
+    with running_server(env) as reader_url:
+        for i, slot in enumerate(slots):
+            # A change wakes the reader's hub while no stream is open: it forgets its position
+            # and will restart at the head when the next stream opens.
+            pair.a.act(alice, pair.a.hold(alice, spare)["hold_id"], "release")
+            time.sleep(0.1)
+            writer = threading.Timer(0.005 * (i + 1), pair.a.hold, args=(alice, slot))
+            writer.start()
+            with SseStream(reader_url, params=params) as stream:
+                snapshot = stream.next(5)
+                writer.join()
+                events = [e for e in stream.drain(wait=0.5) if e.kind == "slot"]
+            shown = {item["id"]: item["status"] for item in snapshot.data["items"]} | {
+                e.data["id"]: e.data["status"] for e in events
+            }
+            if shown[slot] != "HELD_BY_OTHER":
+                missed.append((i, snapshot.id))
+    assert missed == [], f"holds committed while a first stream opened never reached it: {missed}"
