@@ -328,8 +328,10 @@ class Hub:
                 await asyncio.sleep(1)
                 self._wake.set()
                 continue
-            self._position = batch.upto
-            if batch.changes:
+            restarted, self._position = self._position is None, batch.upto
+            # A restart jumps to the head without reading what lies before it; a stream that
+            # opened below that head must hear of the jump (its gap read fetches what it missed).
+            if batch.changes or restarted:
                 for subscriber in list(self._subscribers):
                     subscriber.offer(batch)
 
