@@ -21,6 +21,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import anyio
 from sqlalchemy import and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -42,6 +43,8 @@ MAX_STREAM_SLOTS = 1_000
 QUEUE_LIMIT = 256
 # A client whose socket takes no bytes for this long is cut off (it resumes when it reads again).
 SEND_TIMEOUT_SECONDS = 30.0
+# On shutdown, how long streams get to end cleanly before they are cut off.
+SHUTDOWN_GRACE_SECONDS = 1.0
 _SLOT_SERIALIZER = SlotRead.__pydantic_serializer__
 
 
@@ -242,12 +245,22 @@ class Board:
         return ended
 
 
+_CLOSE = Batch(0, 0, ())  # the batch that wakes a stream to end it
+
+
 class Subscriber:
     """One open stream, as the hub sees it: a bounded queue of batches."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(QUEUE_LIMIT)
         self.overflowed = False
+        self.closing = False  # the server is shutting down: end the stream cleanly
+
+    def close(self) -> None:
+        """End the stream after what it is sending now (shutdown)."""
+        self.closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_CLOSE)  # wakes a stream waiting for its next batch
 
     def offer(self, batch: Batch) -> None:
         """Queue a batch; a full queue ends the stream instead of growing."""
@@ -281,6 +294,10 @@ class Hub:
 
     def start(self) -> None:
         """Start reading (call on the event loop)."""
+        # Set by sse-starlette when the server begins to shut down (SIGTERM): every stream then
+        # ends cleanly within the grace period instead of being cut off.
+        self.shutting_down = anyio.Event()
+        self._tasks.append(asyncio.create_task(self._close_streams_at_shutdown(), name="live-shutdown"))
         loop = asyncio.get_running_loop()
 
         def wake() -> None:
@@ -300,6 +317,11 @@ class Hub:
             # Bounded: shutdown must never hang on a reader (a deploy waits for it).
             await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
+
+    async def _close_streams_at_shutdown(self) -> None:
+        await self.shutting_down.wait()
+        for subscriber in list(self._subscribers):
+            subscriber.close()
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Feed this stream every batch from now on."""
@@ -403,8 +425,10 @@ async def _events(
             del frames
         del opening  # an idle stream keeps only its board
         yield _RETRY
-        while not subscriber.overflowed:
+        while not (subscriber.overflowed or subscriber.closing):
             batches = await _next_batches(subscriber, board, hub.heartbeat_seconds)
+            if subscriber.closing:
+                return  # a clean end of the response: the client reconnects elsewhere and resumes
             now = utc_now()
             frames = []
             for batch in batches:
@@ -420,7 +444,10 @@ async def _events(
                 frames.append(sse_frame("slot", board.position, render(row, viewer_id, now)))
             # Nothing to say for a heartbeat interval: a comment keeps proxies from closing the
             # idle connection (written here, so a stream needs no timer task of its own).
-            yield b"".join(frames) if frames else _HEARTBEAT
+            if frames:
+                yield b"".join(frames)
+            elif not batches:
+                yield _HEARTBEAT
     finally:
         hub.unsubscribe(subscriber)
 

@@ -97,6 +97,8 @@ async def stream_slots(
     return EventSourceResponse(
         events,
         ping=0,
+        shutdown_event=hub.shutting_down,
+        shutdown_grace_period=live.SHUTDOWN_GRACE_SECONDS,
         send_timeout=live.SEND_TIMEOUT_SECONDS,
         headers={"Cache-Control": "no-store"},
     )

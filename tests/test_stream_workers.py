@@ -43,9 +43,11 @@ class Pair:
 
 
 def fresh_postgres(postgres_engine: Engine) -> str:
-    with create_engine(postgres_engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT").connect() as conn:
+    admin = create_engine(postgres_engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{LIVE_DB}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{LIVE_DB}"'))
+    admin.dispose()  # its pooled connection would otherwise be dropped unclosed (a ResourceWarning)
     return postgres_engine.url.set(database=LIVE_DB).render_as_string(hide_password=False)
 
 
