@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from config import Settings
 from db import read_transaction, write_transaction
-from errors import Conflict, Forbidden, NotFound, Unauthenticated
+from errors import Code, Conflict, Forbidden, NotFound, Unauthenticated
 from models import ApiToken, ServiceSecret, User
 from schemas import UserCreate
 from state import AppState, app_state
@@ -35,7 +35,7 @@ def issue_token(session: Session, user_id: uuid.UUID) -> str:
     """Store a new bearer token for an existing user; the plain token is returned only here."""
     with write_transaction(session):
         if session.get(User, user_id) is None:
-            raise NotFound("USER_NOT_FOUND", "No user has this id.")
+            raise NotFound(Code.USER_NOT_FOUND, "No user has this id.")
         return _add_token(session, user_id)
 
 
@@ -48,7 +48,7 @@ def create_user(session: Session, data: UserCreate) -> tuple[User, str]:
             session.flush()
             token = _add_token(session, user.id)
     except IntegrityError as exc:
-        raise Conflict("HANDLE_TAKEN", "This handle is already taken.") from exc
+        raise Conflict(Code.HANDLE_TAKEN, "This handle is already taken.") from exc
     return user, token
 
 
@@ -57,7 +57,7 @@ def get_user(session: Session, user_id: uuid.UUID) -> User:
     with read_transaction(session):
         user = session.get(User, user_id)
     if user is None:  # users are never deleted; were one to be, its token stops here
-        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+        raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
     return user
 
 
@@ -95,33 +95,33 @@ async def get_viewer_id(request: Request, credentials: BearerDep) -> uuid.UUID |
         return None
     user_id = await _token_user_id(app_state(request), credentials.credentials)
     if user_id is None:
-        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+        raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
     return user_id
 
 
 async def get_current_user_id(user_id: Annotated[uuid.UUID | None, Depends(get_viewer_id)]) -> uuid.UUID:
     """The token's user id; 401 without a token."""
     if user_id is None:
-        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs an Authorization: Bearer <token> header.")
+        raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs an Authorization: Bearer <token> header.")
     return user_id
 
 
 async def require_admin(request: Request, credentials: BearerDep) -> None:
     """Admit only the admin token: 401 without a valid token, 403 for a user token."""
     if credentials is None:
-        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
+        raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs the admin bearer token.")
     state = app_state(request)
     if secrets.compare_digest(credentials.credentials.encode(), state.admin_token.encode()):
         return
     if await _token_user_id(state, credentials.credentials) is not None:
-        raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
-    raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+        raise Forbidden(Code.ADMIN_REQUIRED, "This endpoint needs the admin token, not a user token.")
+    raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
 
 
 def ensure_acting_user(user_id: uuid.UUID, claimed: uuid.UUID | None) -> None:
     """A `user_id` sent by a client must name the token's user."""
     if claimed is not None and claimed != user_id:
-        raise Forbidden("USER_MISMATCH", "user_id does not match the bearer token's user.")
+        raise Forbidden(Code.USER_MISMATCH, "user_id does not match the bearer token's user.")
 
 
 # Async dependencies: no thread hand-off, and no database work at all for a token this process knows.

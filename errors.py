@@ -1,6 +1,7 @@
 """Domain errors that carry an HTTP status and a stable code, and the one problem+json renderer."""
 
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,10 +12,93 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas import Problem
+from schemas import (
+    ConflictProblem,
+    ForbiddenProblem,
+    HoldGoneProblem,
+    HoldStatus,
+    NotFoundProblem,
+    Problem,
+    ServiceUnavailableProblem,
+    SlotOverlapProblem,
+    SlotUnavailableProblem,
+    UnauthorizedProblem,
+    ValidationProblem,
+)
 
 PROBLEM_JSON = "application/problem+json"
 CONFIRM_GONE_DETAIL = "Hold not found or expired."
+
+
+class Code(Enum):
+    """Every error code the API sends, with its status and the schema of its body.
+
+    The one source: domain code raises these, each route lists the ones it can return
+    (`problems(...)`), and the OpenAPI document is generated from those lists. A member's name is
+    its wire `code`, except where one code is sent with two statuses (HOLD_CANCELLED).
+    """
+
+    status: int
+    code: str
+    schema: type[Problem]
+
+    def __init__(self, status: int, code: str, schema: type[Problem]) -> None:
+        self.status = status
+        self.code = code
+        self.schema = schema
+
+    # 401, always with `WWW-Authenticate: Bearer`
+    MISSING_TOKEN = 401, "MISSING_TOKEN", UnauthorizedProblem
+    INVALID_TOKEN = 401, "INVALID_TOKEN", UnauthorizedProblem
+    # 403
+    ADMIN_REQUIRED = 403, "ADMIN_REQUIRED", ForbiddenProblem
+    USER_MISMATCH = 403, "USER_MISMATCH", ForbiddenProblem
+    NOT_HOLD_OWNER = 403, "NOT_HOLD_OWNER", ForbiddenProblem
+    # 404
+    USER_NOT_FOUND = 404, "USER_NOT_FOUND", NotFoundProblem
+    ROOM_NOT_FOUND = 404, "ROOM_NOT_FOUND", NotFoundProblem
+    SLOT_NOT_FOUND = 404, "SLOT_NOT_FOUND", NotFoundProblem
+    HOLD_NOT_FOUND = 404, "HOLD_NOT_FOUND", NotFoundProblem
+    # 409
+    HANDLE_TAKEN = 409, "HANDLE_TAKEN", ConflictProblem
+    ROOM_NAME_TAKEN = 409, "ROOM_NAME_TAKEN", ConflictProblem
+    SLOT_OVERLAP = 409, "SLOT_OVERLAP", SlotOverlapProblem
+    SLOT_IN_USE = 409, "SLOT_IN_USE", ConflictProblem
+    SLOT_UNAVAILABLE = 409, "SLOT_UNAVAILABLE", SlotUnavailableProblem
+    SLOT_STARTED = 409, "SLOT_STARTED", ConflictProblem
+    HOLD_CONFIRMED = 409, "HOLD_CONFIRMED", ConflictProblem
+    HOLD_CANCELLED = 409, "HOLD_CANCELLED", ConflictProblem  # a cancelled booking cannot be released or extended
+    HOLD_NOT_CONFIRMED = 409, "HOLD_NOT_CONFIRMED", ConflictProblem
+    EXTENSION_LIMIT_REACHED = 409, "EXTENSION_LIMIT_REACHED", ConflictProblem
+    TRANSACTION_CONFLICT = 409, "TRANSACTION_CONFLICT", ConflictProblem  # with `Retry-After: 0`
+    CONSTRAINT_VIOLATION = 409, "CONSTRAINT_VIOLATION", ConflictProblem
+    # 410
+    HOLD_EXPIRED = 410, "HOLD_EXPIRED", HoldGoneProblem
+    HOLD_RELEASED = 410, "HOLD_RELEASED", HoldGoneProblem
+    HOLD_CANCELLED_GONE = 410, "HOLD_CANCELLED", HoldGoneProblem  # confirming a cancelled booking
+    # 422
+    VALIDATION_ERROR = 422, "VALIDATION_ERROR", ValidationProblem
+    MALFORMED_JSON = 422, "MALFORMED_JSON", ValidationProblem
+    INVALID_CURSOR = 422, "INVALID_CURSOR", ValidationProblem
+    SLOT_IN_PAST = 422, "SLOT_IN_PAST", ValidationProblem
+    RANGE_TOO_LARGE = 422, "RANGE_TOO_LARGE", ValidationProblem
+    # 503; DATABASE_BUSY with `Retry-After: 1`
+    DATABASE_BUSY = 503, "DATABASE_BUSY", ServiceUnavailableProblem
+    DATABASE_UNAVAILABLE = 503, "DATABASE_UNAVAILABLE", ServiceUnavailableProblem
+    # Not raised by a route: an unknown path or method, and the last-resort 500.
+    NOT_FOUND = 404, "NOT_FOUND", NotFoundProblem
+    METHOD_NOT_ALLOWED = 405, "METHOD_NOT_ALLOWED", Problem
+    INTERNAL_ERROR = 500, "INTERNAL_ERROR", Problem
+
+
+# The 410 code for a hold that can no longer be confirmed, extended or released, by its status now.
+HOLD_GONE_CODES = {
+    HoldStatus.EXPIRED: Code.HOLD_EXPIRED,
+    HoldStatus.RELEASED: Code.HOLD_RELEASED,
+    HoldStatus.CANCELLED: Code.HOLD_CANCELLED_GONE,
+}
+# The 409 code for a booking that an action on a live hold does not apply to.
+BOOKING_CONFLICT_CODES = {HoldStatus.CONFIRMED: Code.HOLD_CONFIRMED, HoldStatus.CANCELLED: Code.HOLD_CANCELLED}
 
 
 class DomainError(Exception):
@@ -23,9 +107,12 @@ class DomainError(Exception):
     status: int = 400
     title: str = "Bad request"
 
-    def __init__(self, code: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: object):
+    def __init__(self, code: Code, detail: str, *, headers: Mapping[str, str] | None = None, **extra: object):
+        if code.status != self.status:
+            raise TypeError(f"{code.name} is a {code.status}, not a {self.status} ({type(self).__name__})")
         super().__init__(detail)
-        self.code = code
+        self.problem = code
+        self.code = code.code
         self.detail = detail
         self.headers = headers
         self.extra = extra
@@ -44,7 +131,7 @@ class Unauthenticated(DomainError):
     status = 401
     title = "Unauthorized"
 
-    def __init__(self, code: str, detail: str, **extra: object):
+    def __init__(self, code: Code, detail: str, **extra: object):
         super().__init__(code, detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
 
 
@@ -59,7 +146,7 @@ class NotHoldOwner(Forbidden):
     """The hold belongs to another user (403)."""
 
     def __init__(self) -> None:
-        super().__init__("NOT_HOLD_OWNER", "This hold belongs to another user.")
+        super().__init__(Code.NOT_HOLD_OWNER, "This hold belongs to another user.")
 
 
 class NotFound(DomainError):
@@ -96,15 +183,15 @@ class ServiceUnavailable(DomainError):
 
 def database_busy(detail: str) -> ServiceUnavailable:
     """The database is there but cannot take this request now: retry in a second."""
-    return ServiceUnavailable("DATABASE_BUSY", detail, headers={"Retry-After": "1"})
+    return ServiceUnavailable(Code.DATABASE_BUSY, detail, headers={"Retry-After": "1"})
 
 
 def database_unavailable(backend: str | None = None) -> ServiceUnavailable:
     """The database does not answer at all; /health also names the backend it tried."""
     detail = "The database does not answer."
     if backend is None:
-        return ServiceUnavailable("DATABASE_UNAVAILABLE", detail)
-    return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, database=backend)
+        return ServiceUnavailable(Code.DATABASE_UNAVAILABLE, detail)
+    return ServiceUnavailable(Code.DATABASE_UNAVAILABLE, detail, database=backend)
 
 
 def problem_response(
@@ -137,21 +224,25 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(
         422,
         "Unprocessable content",
-        "MALFORMED_JSON" if malformed else "VALIDATION_ERROR",
+        (Code.MALFORMED_JSON if malformed else Code.VALIDATION_ERROR).code,
         "The request body is not valid JSON." if malformed else "The request does not match the schema.",
         errors=errors,
     )
 
 
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHENTICATED", 403: "FORBIDDEN"}
+# Starlette's own errors: an unknown path or method. (No dependency raises HTTPException.)
+_HTTP_CODES = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED}
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI raises a bare 400 only when it cannot decode a request body (e.g. not UTF-8).
-        return problem_response(422, "Unprocessable content", "MALFORMED_JSON", "The request body is not valid JSON.")
-    code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+        return problem_response(
+            422, "Unprocessable content", Code.MALFORMED_JSON.code, "The request body is not valid JSON."
+        )
+    known = _HTTP_CODES.get(exc.status_code)
+    code = known.code if known else f"HTTP_{exc.status_code}"
     return problem_response(exc.status_code, str(exc.detail), code, str(exc.detail), exc.headers)
 
 
@@ -167,10 +258,10 @@ def _database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
         return database_busy("No database connection was free in time; retry shortly.")
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if isinstance(exc, IntegrityError):
-        return Conflict("CONSTRAINT_VIOLATION", "The change conflicts with stored data.")
+        return Conflict(Code.CONSTRAINT_VIOLATION, "The change conflicts with stored data.")
     if sqlstate in _RETRYABLE_SQLSTATES:
         return Conflict(
-            "TRANSACTION_CONFLICT", "A concurrent change won; retry the request.", headers={"Retry-After": "0"}
+            Code.TRANSACTION_CONFLICT, "A concurrent change won; retry the request.", headers={"Retry-After": "0"}
         )
     if sqlstate is not None and (sqlstate in _BUSY_SQLSTATES or sqlstate.startswith(("53", "57P"))):
         return database_busy("The database is overloaded or restarting; retry shortly.")
@@ -193,31 +284,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     # Still a 500, but in the same shape as every other error, so clients parse one format.
-    return problem_response(500, "Internal server error", "INTERNAL_ERROR", "An unexpected error occurred.")
-
-
-def _document_problems_as_problem_json(app: FastAPI) -> None:
-    # FastAPI files a response `model` under application/json; errors are sent as
-    # application/problem+json, so move each error schema to the media type actually sent.
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    for response in operation.get("responses", {}).values():
-                        content = response.get("content", {})
-                        if PROBLEM_JSON in content and "application/json" in content:
-                            content[PROBLEM_JSON] = content.pop("application/json")
-        return app.openapi_schema or {}
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    return problem_response(500, "Internal server error", Code.INTERNAL_ERROR.code, "An unexpected error occurred.")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error the app can raise as application/problem+json, and document it so."""
-    _document_problems_as_problem_json(app)
+    """Render every error the app can raise as application/problem+json."""
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -226,18 +297,79 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
-def problem_schema(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries so /docs shows each error a route can return."""
-    descriptions = {
-        401: "Missing or invalid bearer token",
-        403: "Not allowed (not the owner, not admin, or user_id mismatch)",
-        404: "Not found",
-        409: "Conflicts with the current state",
-        410: "Hold expired, released or cancelled",
-        422: "Invalid input",
-        503: "Database unavailable",
-    }
+_DESCRIPTIONS = {
+    401: "Missing or invalid bearer token",
+    403: "Not allowed (not the owner, not admin, or user_id mismatch)",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    410: "Hold expired, released or cancelled",
+    422: "Invalid input",
+    503: "The database is busy or does not answer",
+}
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying: 1 with DATABASE_BUSY, 0 with TRANSACTION_CONFLICT",
+    "schema": {"type": "integer", "minimum": 0},
+}
+# Response headers by status, and the codes that send them.
+_HEADERS: dict[int, dict[str, tuple[frozenset[Code], dict[str, Any]]]] = {
+    401: {
+        "WWW-Authenticate": (
+            frozenset({Code.MISSING_TOKEN, Code.INVALID_TOKEN}),
+            {"description": "The scheme to authenticate with", "required": True, "schema": {"const": "Bearer"}},
+        )
+    },
+    409: {"Retry-After": (frozenset({Code.TRANSACTION_CONFLICT}), _RETRY_AFTER)},
+    503: {"Retry-After": (frozenset({Code.DATABASE_BUSY}), _RETRY_AFTER)},
+}
+
+# Every route's work is one database call (or several): any of them can meet a busy or absent database.
+DATABASE_CODES = (Code.DATABASE_BUSY, Code.DATABASE_UNAVAILABLE)
+# A write can also lose a PostgreSQL race (deadlock, serialization) or hit a constraint the
+# domain code did not foresee; errors._database_problem reports those as 409s.
+WRITE_CODES = (Code.TRANSACTION_CONFLICT, Code.CONSTRAINT_VIOLATION)
+
+
+def problem_ref(schema: type[Problem]) -> str:
+    """Where a problem schema lives in the OpenAPI document."""
+    return f"#/components/schemas/{schema.__name__}"
+
+
+def _narrowed(schema: type[Problem], codes: list[Code]) -> dict[str, Any]:
+    # The status's schema, with `code` narrowed to what this operation can send: generated
+    # clients get one enum per operation and status to switch on.
     return {
-        status: {"model": Problem, "description": descriptions.get(status, "Error"), "content": {PROBLEM_JSON: {}}}
-        for status in statuses
+        "title": schema.__name__,
+        "allOf": [
+            {"$ref": problem_ref(schema)},
+            {
+                "type": "object",
+                "required": ["code"],
+                "properties": {"code": {"type": "string", "enum": [code.code for code in codes]}},
+            },
+        ],
     }
+
+
+def problems(*codes: Code, database: bool = True) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: each status it can answer with, its problem schema and the codes it sends.
+
+    `database` adds the 503s every route that reaches the database can answer.
+    """
+    wanted = dict.fromkeys((*codes, *DATABASE_CODES) if database else codes)  # ordered, no repeats
+    by_status: dict[int, list[Code]] = {}
+    for code in wanted:
+        by_status.setdefault(code.status, []).append(code)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, group in sorted(by_status.items()):
+        shapes = list(dict.fromkeys(code.schema for code in group))
+        variants = [_narrowed(shape, [code for code in group if code.schema is shape]) for shape in shapes]
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": variants[0] if len(variants) == 1 else {"oneOf": variants}}},
+        }
+        headers = {name: header for name, (senders, header) in _HEADERS.get(status, {}).items() if senders & set(group)}
+        if headers:
+            response["headers"] = headers
+        responses[status] = response
+    return responses

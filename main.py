@@ -16,6 +16,7 @@ from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from live import Hub
+from openapi import install_openapi
 from routers import health, holds, rooms, slots, stats, users
 from state import AppState
 from tokens import TokenCache
@@ -66,8 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Hold a time slot, then confirm or release it; never two live claims on one slot.",
         lifespan=partial(lifespan, settings=settings),
+        # Relative: the document describes whichever host serves it.
+        servers=[{"url": "/", "description": "The server this document was read from"}],
     )
     install_error_handlers(app)
+    install_openapi(app)
     for module in (users, rooms, slots, holds, health, stats):
         app.include_router(module.router)
     return app

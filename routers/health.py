@@ -6,7 +6,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from db import read_transaction
-from errors import database_unavailable, problem_schema
+from errors import Code, database_unavailable, problems
 from routers import json_response
 from schemas import Health
 from state import DatabaseDep
@@ -19,7 +19,13 @@ def _ping(session: Session) -> None:
         session.execute(text("SELECT 1"))
 
 
-@router.get("/health", response_model=Health, responses=problem_schema(503))
+# The ping turns any database failure into DATABASE_UNAVAILABLE, a busy pool included.
+@router.get(
+    "/health",
+    response_model=Health,
+    operation_id="getHealth",
+    responses=problems(Code.DATABASE_UNAVAILABLE, database=False),
+)
 async def health(db: DatabaseDep) -> Response:
     """200 with the backend and connection-pool state when the database answers, 503 otherwise."""
     try:
