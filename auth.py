@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
 from db import Database, prepare_schema, read_transaction, write_transaction
-from errors import Conflict, Forbidden, NotFound, Unauthenticated
+from errors import Code, Conflict, Forbidden, NotFound, Unauthenticated
 from models import ApiToken, ServiceSecret, User
 from schemas import UserCreate
 from state import AppState, app_state
@@ -41,7 +41,7 @@ def issue_token(session: Session, user_id: uuid.UUID, *, ttl: timedelta | None =
     """Store a new bearer token for a user, expiring after `ttl` if given; the plain token is returned only here."""
     with write_transaction(session) as now:
         if session.get(User, user_id) is None:
-            raise NotFound("USER_NOT_FOUND", "No user has this id.")
+            raise NotFound(Code.USER_NOT_FOUND, "No user has this id.")
         return _add_token(session, user_id, now, ttl)
 
 
@@ -54,7 +54,7 @@ def create_user(session: Session, data: UserCreate, *, ttl: timedelta | None = N
             session.flush()
             token = _add_token(session, user.id, now, ttl)
     except IntegrityError as exc:
-        raise Conflict("HANDLE_TAKEN", "This handle is already taken.") from exc
+        raise Conflict(Code.HANDLE_TAKEN, "This handle is already taken.") from exc
     return user, token
 
 
@@ -81,7 +81,7 @@ def revoke_token(session: Session, user_id: uuid.UUID, token_id: uuid.UUID) -> s
             select(ApiToken.token_hash).where(ApiToken.id == token_id, ApiToken.user_id == user_id)
         )
         if token_hash is None:  # another user's token id is as unknown as a made-up one
-            raise NotFound("TOKEN_NOT_FOUND", "You have no token with this id.")
+            raise NotFound(Code.TOKEN_NOT_FOUND, "You have no token with this id.")
         session.execute(
             update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(revoked_at=now)
         )
@@ -103,7 +103,7 @@ def get_user(session: Session, user_id: uuid.UUID) -> User:
     with read_transaction(session):
         user = session.get(User, user_id)
     if user is None:  # users are never deleted; were one to be, its token stops here
-        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+        raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
     return user
 
 
@@ -176,28 +176,28 @@ async def get_viewer_id(request: Request, credentials: BearerDep) -> uuid.UUID |
         return None
     user_id = await _token_user_id(app_state(request), credentials.credentials)
     if user_id is None:
-        raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+        raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
     return user_id
 
 
 async def get_current_user_id(user_id: Annotated[uuid.UUID | None, Depends(get_viewer_id)]) -> uuid.UUID:
     """The token's user id; 401 without a token."""
     if user_id is None:
-        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs an Authorization: Bearer <token> header.")
+        raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs an Authorization: Bearer <token> header.")
     return user_id
 
 
 async def require_admin(request: Request, credentials: BearerDep) -> None:
     """Admit only the admin token: 401 without a valid token, 403 for a user token."""
     if credentials is None:
-        raise Unauthenticated("MISSING_TOKEN", "This endpoint needs the admin bearer token.")
+        raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs the admin bearer token.")
     state = app_state(request)
     # Hashes of equal length compared in constant time: no timing hint about the admin token.
     if secrets.compare_digest(hash_token(credentials.credentials).encode(), state.admin_token_hash.encode()):
         return
     if await _token_user_id(state, credentials.credentials) is not None:
-        raise Forbidden("ADMIN_REQUIRED", "This endpoint needs the admin token, not a user token.")
-    raise Unauthenticated("INVALID_TOKEN", "The bearer token is not valid.")
+        raise Forbidden(Code.ADMIN_REQUIRED, "This endpoint needs the admin token, not a user token.")
+    raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
 
 
 async def get_current_token_hash(_: Annotated[uuid.UUID, Depends(get_current_user_id)], credentials: BearerDep) -> str:
@@ -213,7 +213,7 @@ async def _token_cache(request: Request) -> TokenCache:
 def ensure_acting_user(user_id: uuid.UUID, claimed: uuid.UUID | None) -> None:
     """A `user_id` sent by a client must name the token's user."""
     if claimed is not None and claimed != user_id:
-        raise Forbidden("USER_MISMATCH", "user_id does not match the bearer token's user.")
+        raise Forbidden(Code.USER_MISMATCH, "user_id does not match the bearer token's user.")
 
 
 # Async dependencies: no thread hand-off, and no database work at all for a token this process knows.

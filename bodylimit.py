@@ -9,7 +9,7 @@ it passes the limit.
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from errors import problem_response
+from errors import Code, problem_response
 
 MAX_BODY_BYTES = 64 * 1024  # the largest valid body is well under 1 KiB
 _CONTENT_LENGTH = b"content-length"
@@ -19,7 +19,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
     response = problem_response(
         413,
         "Content too large",
-        "PAYLOAD_TOO_LARGE",
+        Code.PAYLOAD_TOO_LARGE.code,
         f"The request body is larger than {MAX_BODY_BYTES} bytes.",
         # The rest of the body is never read: close the connection rather than drain it.
         headers={"Connection": "close"},

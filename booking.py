@@ -47,7 +47,17 @@ from sqlalchemy.sql.selectable import ScalarSelect
 import changelog
 from config import Settings
 from db import read_transaction, write_transaction
-from errors import CONFIRM_GONE_DETAIL, Conflict, HoldGone, NotFound, NotHoldOwner, SlotUnavailable
+from errors import (
+    BOOKING_CONFLICT_CODES,
+    CONFIRM_GONE_DETAIL,
+    HOLD_GONE_CODES,
+    Code,
+    Conflict,
+    HoldGone,
+    NotFound,
+    NotHoldOwner,
+    SlotUnavailable,
+)
 from models import ACTIVE_STATUSES, Hold, HoldStatusString, Room, TimeSlot, User, UTCDateTime
 from pagination import DEFAULT_LIMIT, cut_page, decode_cursor, fetch_limit
 from schemas import (
@@ -321,17 +331,17 @@ def _slot_and_claim(
 def _refuse_if_claimed(slot: Row[Any] | None, user_id: uuid.UUID, now: datetime) -> None:
     """404 for no slot, 409 when it has started or has a live claim (saying whose, and until when)."""
     if slot is None:
-        raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
+        raise NotFound(Code.SLOT_NOT_FOUND, "No slot has this id.")
     if slot.start_time <= now:
-        raise Conflict("SLOT_STARTED", "This slot has already started and can no longer be held.")
+        raise Conflict(Code.SLOT_STARTED, "This slot has already started and can no longer be held.")
     if slot.claim_id is None:
         return
     if slot.claim_status == CONFIRMED:
-        raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot is already booked.", slot_status=SlotStatus.BOOKED)
+        raise SlotUnavailable(Code.SLOT_UNAVAILABLE, "This slot is already booked.", slot_status=SlotStatus.BOOKED)
     mine = slot.claim_user_id == user_id
     held_until = slot.claim_expires_at
     raise SlotUnavailable(
-        "SLOT_UNAVAILABLE",
+        Code.SLOT_UNAVAILABLE,
         f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(held_until)}.",
         slot_status=SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER,
         held_until=held_until,
@@ -347,7 +357,7 @@ def _explain_refused_claim(
     active, earliest_end = connection.execute(_USER_LIVE_HOLDS, {"p_user_id": user_id, "p_now": now}).one()
     if active >= settings.hold_max_active_per_user:
         raise Conflict(
-            "HOLD_LIMIT_REACHED",
+            Code.HOLD_LIMIT_REACHED,
             f"You already hold {active} slot(s), the most one user may hold at once; confirm or release one first.",
             active_holds=active,
             limit=settings.hold_max_active_per_user,
@@ -360,13 +370,13 @@ def _explain_refused_claim(
     if ended is not None:
         retry_at = ended + timedelta(seconds=settings.hold_rehold_cooldown_seconds)
         raise Conflict(
-            "HOLD_COOLDOWN",
+            Code.HOLD_COOLDOWN,
             "Your own hold on this slot ended moments ago; others get a turn before you may hold it again.",
             headers={"Retry-After": str(max(ceil((retry_at - now).total_seconds()), 1))},
             retry_at=retry_at,
         )
     # The competing claim ended between our statements.
-    raise SlotUnavailable("SLOT_UNAVAILABLE", "This slot was claimed concurrently; try again.")
+    raise SlotUnavailable(Code.SLOT_UNAVAILABLE, "This slot was claimed concurrently; try again.")
 
 
 # Explaining a refused hold (rare): how many live holds the user has and when the first ends,
@@ -386,7 +396,7 @@ _HOLD_BY_ID = select(_holds).where(_holds.c.id == _HOLD_ID)
 def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any]:
     hold = session.connection().execute(_HOLD_BY_ID, {"p_hold_id": hold_id}).first()
     if hold is None:
-        raise NotFound("HOLD_NOT_FOUND", "No hold has this id.")
+        raise NotFound(Code.HOLD_NOT_FOUND, "No hold has this id.")
     if hold.user_id != user_id:
         raise NotHoldOwner()
     return hold
@@ -394,7 +404,7 @@ def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Row
 
 def _gone(hold: HoldFields, now: datetime, detail: str) -> HoldGone:
     status = hold_status(hold, now)
-    return HoldGone(f"HOLD_{status.value}", detail, hold_status=status)
+    return HoldGone(HOLD_GONE_CODES[status], detail, hold_status=status)
 
 
 # --- the four transitions: write, else explain why not ---------------------------------------------
@@ -437,7 +447,7 @@ def _why_not_confirmed(hold: HoldFields, now: datetime, settings: Settings) -> N
 
 def _why_not_released(hold: HoldFields, now: datetime, settings: Settings) -> None:
     if hold.status in (CONFIRMED, CANCELLED):
-        raise Conflict(f"HOLD_{hold.status.value}", "A booking cannot be released; cancel it instead.")
+        raise Conflict(BOOKING_CONFLICT_CODES[hold.status], "A booking cannot be released; cancel it instead.")
     if hold.status != RELEASED:
         raise _gone(hold, now, "This hold has expired.")
 
@@ -446,19 +456,19 @@ def _why_not_extended(hold: HoldFields, now: datetime, settings: Settings) -> No
     status = hold_status(hold, now)
     if status is HoldStatus.HOLD:
         raise Conflict(
-            "EXTENSION_LIMIT_REACHED",
+            Code.EXTENSION_LIMIT_REACHED,
             f"A hold can be extended at most {settings.hold_max_extensions} time(s).",
         )
     if status in (HoldStatus.CONFIRMED, HoldStatus.CANCELLED):
-        raise Conflict(f"HOLD_{status.value}", "Only a live hold can be extended.")
+        raise Conflict(BOOKING_CONFLICT_CODES[status], "Only a live hold can be extended.")
     raise _gone(hold, now, "This hold has expired or was released.")
 
 
 def _why_not_cancelled(hold: HoldFields, now: datetime, settings: Settings) -> None:
     if hold.status == CONFIRMED:
-        raise Conflict("SLOT_STARTED", "A booking cannot be cancelled once its slot has started.")
+        raise Conflict(Code.SLOT_STARTED, "A booking cannot be cancelled once its slot has started.")
     if hold.status != CANCELLED:
-        raise Conflict("HOLD_NOT_CONFIRMED", "Only a confirmed booking can be cancelled.")
+        raise Conflict(Code.HOLD_NOT_CONFIRMED, "Only a confirmed booking can be cancelled.")
 
 
 def _extension(now: datetime, settings: Settings) -> dict[str, object]:
@@ -728,7 +738,7 @@ def list_slots(
         rows = session.connection().execute(stmt, params).all()
         # The rows name the room, so it is looked up only when there are none (404 or empty page).
         if not rows and room_id is not None and session.get(Room, room_id) is None:
-            raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
+            raise NotFound(Code.ROOM_NOT_FOUND, "No room has this id.")
     page, next_cursor = cut_page(rows, limit, lambda row: (row.start_time, row.id))
     return SlotPage(items=[slot_view(row, viewer_id, now) for row in page], next_cursor=next_cursor)
 
@@ -767,7 +777,7 @@ def get_slot(session: Session, *, slot_id: uuid.UUID, viewer_id: uuid.UUID | Non
     with read_transaction(session) as now:
         row = _slot_and_claim(session, slot_id, now, viewer_id)
     if row is None:
-        raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
+        raise NotFound(Code.SLOT_NOT_FOUND, "No slot has this id.")
     return slot_view(row, viewer_id, now)
 
 
@@ -798,12 +808,12 @@ def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
         with write_transaction(session, _LOCK_SLOT, p_slot_id=slot_id) as now:
             slot = session.get(TimeSlot, slot_id)
             if slot is None:
-                raise NotFound("SLOT_NOT_FOUND", "No slot has this id.")
+                raise NotFound(Code.SLOT_NOT_FOUND, "No slot has this id.")
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
-                raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.")
+                raise Conflict(Code.SLOT_IN_USE, "The slot is held or booked; it cannot be deleted.")
             _write_holds(session, _DELETE_DEAD_HOLDS, None, slot_id=slot_id, now=now)
             session.execute(delete(_time_slots).where(TimeSlot.id == slot_id))
             changelog.record(session, EventKind.SLOT_DELETED, slot_id, room_id=slot.room_id, starts_at=slot.start_time)
     except IntegrityError as exc:
         # A claim arrived between the check and the delete; the foreign key refused the delete.
-        raise Conflict("SLOT_IN_USE", "The slot is held or booked; it cannot be deleted.") from exc
+        raise Conflict(Code.SLOT_IN_USE, "The slot is held or booked; it cannot be deleted.") from exc

@@ -10,7 +10,7 @@ import changelog
 from booking import slot_read
 from clock import utc_now
 from db import read_transaction, write_transaction
-from errors import Conflict, InvalidInput, NotFound
+from errors import Code, Conflict, InvalidInput, NotFound
 from models import Room, TimeSlot
 from schemas import EventKind, RoomCreate, SlotCreate, SlotRead, SlotStatus
 
@@ -22,7 +22,7 @@ def create_room(session: Session, data: RoomCreate) -> Room:
         with write_transaction(session):
             session.add(room)
     except IntegrityError as exc:
-        raise Conflict("ROOM_NAME_TAKEN", "A room with this name already exists.") from exc
+        raise Conflict(Code.ROOM_NAME_TAKEN, "A room with this name already exists.") from exc
     return room
 
 
@@ -37,26 +37,28 @@ def get_room(session: Session, room_id: uuid.UUID) -> Room:
     with read_transaction(session):
         room = session.get(Room, room_id)
     if room is None:
-        raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
+        raise NotFound(Code.ROOM_NOT_FOUND, "No room has this id.")
     return room
 
 
 def create_slot(session: Session, room_id: uuid.UUID, data: SlotCreate) -> SlotRead:
     """Add a future slot to a room; 409 when it overlaps another slot of that room."""
     if data.start_time <= utc_now():
-        raise InvalidInput("SLOT_IN_PAST", "start_time must be in the future.")
+        raise InvalidInput(Code.SLOT_IN_PAST, "start_time must be in the future.")
     with write_transaction(session):
         # Locking the room row serialises slot creation per room on PostgreSQL (SQLite's
         # writer lock already does), so two overlapping slots cannot both pass the check.
         if session.scalar(select(Room.id).where(Room.id == room_id).with_for_update()) is None:
-            raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
+            raise NotFound(Code.ROOM_NOT_FOUND, "No room has this id.")
         overlap = session.scalar(
             select(TimeSlot.id).where(
                 TimeSlot.room_id == room_id, TimeSlot.start_time < data.end_time, TimeSlot.end_time > data.start_time
             )
         )
         if overlap is not None:
-            raise Conflict("SLOT_OVERLAP", "The slot overlaps another slot of this room.", overlapping_slot_id=overlap)
+            raise Conflict(
+                Code.SLOT_OVERLAP, "The slot overlaps another slot of this room.", overlapping_slot_id=overlap
+            )
         slot = TimeSlot(room_id=room_id, start_time=data.start_time, end_time=data.end_time)
         session.add(slot)
         session.flush()

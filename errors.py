@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from requestid import HEADER as REQUEST_ID_HEADER
 from requestid import current_request_id
-from schemas import Problem
+from schemas import (
+    BadRequestProblem,
+    ConflictProblem,
+    ForbiddenProblem,
+    HoldCooldownProblem,
+    HoldGoneProblem,
+    HoldLimitProblem,
+    HoldStatus,
+    NotFoundProblem,
+    PayloadTooLargeProblem,
+    Problem,
+    RateLimitedProblem,
+    ServiceUnavailableProblem,
+    SlotOverlapProblem,
+    SlotUnavailableProblem,
+    UnauthorizedProblem,
+    ValidationProblem,
+)
 
 # Every 5xx is logged here with its cause; uvicorn configures no handler, so WARNING and above
 # reach stderr through logging's last-resort handler unless the deployment configures one.
@@ -24,15 +42,102 @@ PROBLEM_JSON = "application/problem+json"
 CONFIRM_GONE_DETAIL = "Hold not found or expired."
 
 
+class Code(Enum):
+    """Every error code the API sends, with its status and the schema of its body.
+
+    The one source: domain code raises these, each route lists the ones it can return
+    (`problems(...)`), and the OpenAPI document is generated from those lists. A member's name is
+    its wire `code`, except where one code is sent with two statuses (HOLD_CANCELLED).
+    """
+
+    status: int
+    code: str
+    schema: type[Problem]
+
+    def __init__(self, status: int, code: str, schema: type[Problem]) -> None:
+        self.status = status
+        self.code = code
+        self.schema = schema
+
+    # 400
+    INVALID_IDEMPOTENCY_KEY = 400, "INVALID_IDEMPOTENCY_KEY", BadRequestProblem
+    # 401, always with `WWW-Authenticate: Bearer`
+    MISSING_TOKEN = 401, "MISSING_TOKEN", UnauthorizedProblem
+    INVALID_TOKEN = 401, "INVALID_TOKEN", UnauthorizedProblem
+    # 403
+    ADMIN_REQUIRED = 403, "ADMIN_REQUIRED", ForbiddenProblem
+    USER_MISMATCH = 403, "USER_MISMATCH", ForbiddenProblem
+    NOT_HOLD_OWNER = 403, "NOT_HOLD_OWNER", ForbiddenProblem
+    # 404
+    USER_NOT_FOUND = 404, "USER_NOT_FOUND", NotFoundProblem
+    ROOM_NOT_FOUND = 404, "ROOM_NOT_FOUND", NotFoundProblem
+    SLOT_NOT_FOUND = 404, "SLOT_NOT_FOUND", NotFoundProblem
+    HOLD_NOT_FOUND = 404, "HOLD_NOT_FOUND", NotFoundProblem
+    TOKEN_NOT_FOUND = 404, "TOKEN_NOT_FOUND", NotFoundProblem
+    # 409
+    HANDLE_TAKEN = 409, "HANDLE_TAKEN", ConflictProblem
+    ROOM_NAME_TAKEN = 409, "ROOM_NAME_TAKEN", ConflictProblem
+    SLOT_OVERLAP = 409, "SLOT_OVERLAP", SlotOverlapProblem
+    SLOT_IN_USE = 409, "SLOT_IN_USE", ConflictProblem
+    SLOT_UNAVAILABLE = 409, "SLOT_UNAVAILABLE", SlotUnavailableProblem
+    SLOT_STARTED = 409, "SLOT_STARTED", ConflictProblem
+    HOLD_CONFIRMED = 409, "HOLD_CONFIRMED", ConflictProblem
+    HOLD_CANCELLED = 409, "HOLD_CANCELLED", ConflictProblem  # a cancelled booking cannot be released or extended
+    HOLD_NOT_CONFIRMED = 409, "HOLD_NOT_CONFIRMED", ConflictProblem
+    EXTENSION_LIMIT_REACHED = 409, "EXTENSION_LIMIT_REACHED", ConflictProblem
+    HOLD_LIMIT_REACHED = 409, "HOLD_LIMIT_REACHED", HoldLimitProblem
+    HOLD_COOLDOWN = 409, "HOLD_COOLDOWN", HoldCooldownProblem  # with `Retry-After`
+    IDEMPOTENCY_KEY_IN_USE = 409, "IDEMPOTENCY_KEY_IN_USE", ConflictProblem
+    TRANSACTION_CONFLICT = 409, "TRANSACTION_CONFLICT", ConflictProblem  # with `Retry-After: 0`
+    CONSTRAINT_VIOLATION = 409, "CONSTRAINT_VIOLATION", ConflictProblem
+    # 410
+    HOLD_EXPIRED = 410, "HOLD_EXPIRED", HoldGoneProblem
+    HOLD_RELEASED = 410, "HOLD_RELEASED", HoldGoneProblem
+    HOLD_CANCELLED_GONE = 410, "HOLD_CANCELLED", HoldGoneProblem  # confirming a cancelled booking
+    # 422
+    VALIDATION_ERROR = 422, "VALIDATION_ERROR", ValidationProblem
+    MALFORMED_JSON = 422, "MALFORMED_JSON", ValidationProblem
+    INVALID_CURSOR = 422, "INVALID_CURSOR", ValidationProblem
+    SLOT_IN_PAST = 422, "SLOT_IN_PAST", ValidationProblem
+    RANGE_TOO_LARGE = 422, "RANGE_TOO_LARGE", ValidationProblem
+    IDEMPOTENCY_KEY_REUSED = 422, "IDEMPOTENCY_KEY_REUSED", ValidationProblem
+    UNSTORABLE_VALUE = 422, "UNSTORABLE_VALUE", ValidationProblem  # a value the database driver refuses
+    # 413, before the body is read; 429 with `Retry-After`
+    PAYLOAD_TOO_LARGE = 413, "PAYLOAD_TOO_LARGE", PayloadTooLargeProblem
+    RATE_LIMITED = 429, "RATE_LIMITED", RateLimitedProblem
+    # 503; DATABASE_BUSY with `Retry-After: 1`
+    DATABASE_BUSY = 503, "DATABASE_BUSY", ServiceUnavailableProblem
+    DATABASE_UNAVAILABLE = 503, "DATABASE_UNAVAILABLE", ServiceUnavailableProblem
+    DATABASE_FULL = 503, "DATABASE_FULL", ServiceUnavailableProblem
+    DATABASE_READ_ONLY = 503, "DATABASE_READ_ONLY", ServiceUnavailableProblem
+    # Not raised by a route: an unknown path or method, and the last-resort 500.
+    NOT_FOUND = 404, "NOT_FOUND", NotFoundProblem
+    METHOD_NOT_ALLOWED = 405, "METHOD_NOT_ALLOWED", Problem
+    INTERNAL_ERROR = 500, "INTERNAL_ERROR", Problem
+
+
+# The 410 code for a hold that can no longer be confirmed, extended or released, by its status now.
+HOLD_GONE_CODES = {
+    HoldStatus.EXPIRED: Code.HOLD_EXPIRED,
+    HoldStatus.RELEASED: Code.HOLD_RELEASED,
+    HoldStatus.CANCELLED: Code.HOLD_CANCELLED_GONE,
+}
+# The 409 code for a booking that an action on a live hold does not apply to.
+BOOKING_CONFLICT_CODES = {HoldStatus.CONFIRMED: Code.HOLD_CONFIRMED, HoldStatus.CANCELLED: Code.HOLD_CANCELLED}
+
+
 class DomainError(Exception):
     """A failure the API reports to its caller; subclasses fix status and title."""
 
     status: int = 400
     title: str = "Bad request"
 
-    def __init__(self, code: str, detail: str, *, headers: Mapping[str, str] | None = None, **extra: object):
+    def __init__(self, code: Code, detail: str, *, headers: Mapping[str, str] | None = None, **extra: object):
+        if code.status != self.status:
+            raise TypeError(f"{code.name} is a {code.status}, not a {self.status} ({type(self).__name__})")
         super().__init__(detail)
-        self.code = code
+        self.problem = code
+        self.code = code.code
         self.detail = detail
         self.headers = headers
         self.extra = extra
@@ -51,7 +156,7 @@ class Unauthenticated(DomainError):
     status = 401
     title = "Unauthorized"
 
-    def __init__(self, code: str, detail: str, **extra: object):
+    def __init__(self, code: Code, detail: str, **extra: object):
         super().__init__(code, detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
 
 
@@ -66,7 +171,7 @@ class NotHoldOwner(Forbidden):
     """The hold belongs to another user (403)."""
 
     def __init__(self) -> None:
-        super().__init__("NOT_HOLD_OWNER", "This hold belongs to another user.")
+        super().__init__(Code.NOT_HOLD_OWNER, "This hold belongs to another user.")
 
 
 class NotFound(DomainError):
@@ -103,7 +208,7 @@ class ServiceUnavailable(DomainError):
 
 def database_busy(detail: str) -> ServiceUnavailable:
     """The database is there but cannot take this request now: retry in a second."""
-    return ServiceUnavailable("DATABASE_BUSY", detail, headers={"Retry-After": "1"})
+    return ServiceUnavailable(Code.DATABASE_BUSY, detail, headers={"Retry-After": "1"})
 
 
 def database_unavailable(backend: str | None = None) -> ServiceUnavailable:
@@ -111,11 +216,11 @@ def database_unavailable(backend: str | None = None) -> ServiceUnavailable:
     detail = "The database does not answer."
     headers = {"Retry-After": "5"}
     if backend is None:
-        return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, headers=headers)
-    return ServiceUnavailable("DATABASE_UNAVAILABLE", detail, headers=headers, database=backend)
+        return ServiceUnavailable(Code.DATABASE_UNAVAILABLE, detail, headers=headers)
+    return ServiceUnavailable(Code.DATABASE_UNAVAILABLE, detail, headers=headers, database=backend)
 
 
-def database_cannot_write(code: str, detail: str) -> ServiceUnavailable:
+def database_cannot_write(code: Code, detail: str) -> ServiceUnavailable:
     """The database answers but refuses writes (out of space, read-only): an operator must act."""
     return ServiceUnavailable(code, detail, headers={"Retry-After": "60"})
 
@@ -158,21 +263,25 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(
         422,
         "Unprocessable content",
-        "MALFORMED_JSON" if malformed else "VALIDATION_ERROR",
+        (Code.MALFORMED_JSON if malformed else Code.VALIDATION_ERROR).code,
         "The request body is not valid JSON." if malformed else "The request does not match the schema.",
         errors=errors,
     )
 
 
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHENTICATED", 403: "FORBIDDEN"}
+# Starlette's own errors: an unknown path or method. (No dependency raises HTTPException.)
+_HTTP_CODES = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED}
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI raises a bare 400 only when it cannot decode a request body (e.g. not UTF-8).
-        return problem_response(422, "Unprocessable content", "MALFORMED_JSON", "The request body is not valid JSON.")
-    code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+        return problem_response(
+            422, "Unprocessable content", Code.MALFORMED_JSON.code, "The request body is not valid JSON."
+        )
+    known = _HTTP_CODES.get(exc.status_code)
+    code = known.code if known else f"HTTP_{exc.status_code}"
     return problem_response(exc.status_code, str(exc.detail), code, str(exc.detail), exc.headers)
 
 
@@ -195,15 +304,15 @@ def database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
     sqlite_error: str | None = getattr(exc.orig, "sqlite_errorname", None)  # SQLITE_READONLY_DBMOVED → READONLY
     sqlite_name = "_".join(sqlite_error.split("_")[:2]) if sqlite_error else None
     if isinstance(exc, IntegrityError):
-        return Conflict("CONSTRAINT_VIOLATION", "The change conflicts with stored data.")
+        return Conflict(Code.CONSTRAINT_VIOLATION, "The change conflicts with stored data.")
     if sqlstate in _RETRYABLE_SQLSTATES:
         return Conflict(
-            "TRANSACTION_CONFLICT", "A concurrent change won; retry the request.", headers={"Retry-After": "0"}
+            Code.TRANSACTION_CONFLICT, "A concurrent change won; retry the request.", headers={"Retry-After": "0"}
         )
     if sqlstate in _FULL_SQLSTATES or sqlite_name == "SQLITE_FULL":
-        return database_cannot_write("DATABASE_FULL", "The database is out of space; nothing was changed.")
+        return database_cannot_write(Code.DATABASE_FULL, "The database is out of space; nothing was changed.")
     if sqlstate in _READ_ONLY_SQLSTATES or sqlite_name == "SQLITE_READONLY":
-        return database_cannot_write("DATABASE_READ_ONLY", "The database refuses writes; nothing was changed.")
+        return database_cannot_write(Code.DATABASE_READ_ONLY, "The database refuses writes; nothing was changed.")
     if sqlstate is not None and (sqlstate in _BUSY_SQLSTATES or sqlstate.startswith(("53", "57P"))):
         return database_busy("The database is overloaded or restarting; retry shortly.")
     if sqlite_name in _SQLITE_BUSY or "database is locked" in str(exc.orig):
@@ -217,7 +326,7 @@ def database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
         if isinstance(exc, OperationalError | InterfaceError):
             return database_unavailable()
         if isinstance(exc, DataError):
-            return InvalidInput("UNSTORABLE_VALUE", "A value in the request cannot be stored.")
+            return InvalidInput(Code.UNSTORABLE_VALUE, "A value in the request cannot be stored.")
     return None
 
 
@@ -237,31 +346,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     # Still a 500, but in the same shape as every other error, so clients parse one format.
-    return problem_response(500, "Internal server error", "INTERNAL_ERROR", "An unexpected error occurred.")
-
-
-def _document_problems_as_problem_json(app: FastAPI) -> None:
-    # FastAPI files a response `model` under application/json; errors are sent as
-    # application/problem+json, so move each error schema to the media type actually sent.
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    for response in operation.get("responses", {}).values():
-                        content = response.get("content", {})
-                        if PROBLEM_JSON in content and "application/json" in content:
-                            content[PROBLEM_JSON] = content.pop("application/json")
-        return app.openapi_schema or {}
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    return problem_response(500, "Internal server error", Code.INTERNAL_ERROR.code, "An unexpected error occurred.")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error the app can raise as application/problem+json, and document it so."""
-    _document_problems_as_problem_json(app)
+    """Render every error the app can raise as application/problem+json."""
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -270,18 +359,101 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
-def problem_schema(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries so /docs shows each error a route can return."""
-    descriptions = {
-        401: "Missing or invalid bearer token",
-        403: "Not allowed (not the owner, not admin, or user_id mismatch)",
-        404: "Not found",
-        409: "Conflicts with the current state",
-        410: "Hold expired, released or cancelled",
-        422: "Invalid input",
-        503: "Database unavailable",
-    }
+_DESCRIPTIONS = {
+    400: "A malformed header (Idempotency-Key)",
+    401: "Missing or invalid bearer token",
+    403: "Not allowed (not the owner, not admin, or user_id mismatch)",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    410: "Hold expired, released or cancelled",
+    413: "The request body is over 64 KiB (refused before it was read)",
+    422: "Invalid input",
+    429: "Too many requests of this kind; retry after Retry-After seconds",
+    503: "The database is busy, does not answer, or cannot write",
+}
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying: 0 with TRANSACTION_CONFLICT, 1 with DATABASE_BUSY, "
+    "5 with DATABASE_UNAVAILABLE, 60 when the database cannot write; with HOLD_COOLDOWN and "
+    "RATE_LIMITED, until the wait is over",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+# Response headers by status, and the codes that send them.
+_HEADERS: dict[int, dict[str, tuple[frozenset[Code], dict[str, Any]]]] = {
+    401: {
+        "WWW-Authenticate": (
+            frozenset({Code.MISSING_TOKEN, Code.INVALID_TOKEN}),
+            {"description": "The scheme to authenticate with", "required": True, "schema": {"const": "Bearer"}},
+        )
+    },
+    409: {"Retry-After": (frozenset({Code.TRANSACTION_CONFLICT, Code.HOLD_COOLDOWN}), _RETRY_AFTER)},
+    429: {"Retry-After": (frozenset({Code.RATE_LIMITED}), _RETRY_AFTER)},
+    503: {
+        "Retry-After": (
+            frozenset({Code.DATABASE_BUSY, Code.DATABASE_UNAVAILABLE, Code.DATABASE_FULL, Code.DATABASE_READ_ONLY}),
+            _RETRY_AFTER,
+        )
+    },
+}
+
+# Every route's work is one database call (or several): any of them can meet a busy or absent database.
+DATABASE_CODES = (Code.DATABASE_BUSY, Code.DATABASE_UNAVAILABLE)
+# A write can also lose a PostgreSQL race (deadlock, serialization) or hit a constraint the
+# domain code did not foresee (409s), meet a database that cannot write (503s), carry a value
+# the driver refuses (422), or send a body over the limit (413).
+WRITE_CODES = (
+    Code.TRANSACTION_CONFLICT,
+    Code.CONSTRAINT_VIOLATION,
+    Code.UNSTORABLE_VALUE,
+    Code.PAYLOAD_TOO_LARGE,
+    Code.DATABASE_FULL,
+    Code.DATABASE_READ_ONLY,
+)
+# A POST that takes an Idempotency-Key (idempotency.py).
+IDEMPOTENT_CODES = (Code.INVALID_IDEMPOTENCY_KEY, Code.IDEMPOTENCY_KEY_REUSED, Code.IDEMPOTENCY_KEY_IN_USE)
+
+
+def problem_ref(schema: type[Problem]) -> str:
+    """Where a problem schema lives in the OpenAPI document."""
+    return f"#/components/schemas/{schema.__name__}"
+
+
+def _narrowed(schema: type[Problem], codes: list[Code]) -> dict[str, Any]:
+    # The status's schema, with `code` narrowed to what this operation can send: generated
+    # clients get one enum per operation and status to switch on.
     return {
-        status: {"model": Problem, "description": descriptions.get(status, "Error"), "content": {PROBLEM_JSON: {}}}
-        for status in statuses
+        "title": schema.__name__,
+        "allOf": [
+            {"$ref": problem_ref(schema)},
+            {
+                "type": "object",
+                "required": ["code"],
+                "properties": {"code": {"type": "string", "enum": [code.code for code in codes]}},
+            },
+        ],
     }
+
+
+def problems(*codes: Code, database: bool = True) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: each status it can answer with, its problem schema and the codes it sends.
+
+    `database` adds the 503s every route that reaches the database can answer.
+    """
+    wanted = dict.fromkeys((*codes, *DATABASE_CODES) if database else codes)  # ordered, no repeats
+    by_status: dict[int, list[Code]] = {}
+    for code in wanted:
+        by_status.setdefault(code.status, []).append(code)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, group in sorted(by_status.items()):
+        shapes = list(dict.fromkeys(code.schema for code in group))
+        variants = [_narrowed(shape, [code for code in group if code.schema is shape]) for shape in shapes]
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": variants[0] if len(variants) == 1 else {"oneOf": variants}}},
+        }
+        headers = {name: header for name, (senders, header) in _HEADERS.get(status, {}).items() if senders & set(group)}
+        if headers:
+            response["headers"] = headers
+        responses[status] = response
+    return responses

@@ -36,7 +36,7 @@ import metrics
 from clock import utc_now
 from config import Settings
 from db import IDEMPOTENCY_CLAIM, Database, read_transaction
-from errors import Conflict, DomainError, InvalidInput
+from errors import Code, Conflict, DomainError, InvalidInput
 from models import IdempotencyKey
 from routers import json_response
 
@@ -56,7 +56,7 @@ class InvalidIdempotencyKey(DomainError):
     """The Idempotency-Key header is empty, too long or not printable ASCII (400)."""
 
     def __init__(self) -> None:
-        super().__init__("INVALID_IDEMPOTENCY_KEY", "Idempotency-Key must be 1-255 printable ASCII characters.")
+        super().__init__(Code.INVALID_IDEMPOTENCY_KEY, "Idempotency-Key must be 1-255 printable ASCII characters.")
 
 
 class _Replay(Exception):
@@ -138,7 +138,7 @@ class Claim:
             return None
         if row.request_hash != self.request_hash:
             raise InvalidInput(
-                "IDEMPOTENCY_KEY_REUSED", "This Idempotency-Key was used for another request (path or body)."
+                Code.IDEMPOTENCY_KEY_REUSED, "This Idempotency-Key was used for another request (path or body)."
             )
         return _Replay(row.status_code, row.body)
 
@@ -150,7 +150,7 @@ class Claim:
                 hashlib.sha256(f"{self.scope}\n{self.key}".encode()).digest()[:8], "big", signed=True
             )
             if not connection.execute(_TRY_LOCK, {"lock_id": lock_id}).scalar():
-                raise Conflict("IDEMPOTENCY_KEY_IN_USE", "A request with this Idempotency-Key is still running.")
+                raise Conflict(Code.IDEMPOTENCY_KEY_IN_USE, "A request with this Idempotency-Key is still running.")
         ttl = session.info[_TTL]
         replay = self.stored(session, now, ttl)
         if replay is not None:

@@ -31,7 +31,7 @@ from booking import HOLD, slot_rows, slot_view
 from clock import utc_now
 from config import Settings
 from db import Database, read_transaction
-from errors import InvalidInput, NotFound
+from errors import Code, InvalidInput, NotFound
 from models import Hold, Room, SlotEvent, TimeSlot
 from schemas import SlotRead
 
@@ -174,10 +174,11 @@ def open_stream(session: Session, scope: Range, last_event_id: int | None) -> Op
         )
         if len(rows) > MAX_STREAM_SLOTS:
             raise InvalidInput(
-                "RANGE_TOO_LARGE", f"The range holds more than {MAX_STREAM_SLOTS} slots; narrow it (room_id, from, to)."
+                Code.RANGE_TOO_LARGE,
+                f"The range holds more than {MAX_STREAM_SLOTS} slots; narrow it (room_id, from, to).",
             )
         if not rows and scope.room_id is not None and session.get(Room, scope.room_id) is None:
-            raise NotFound("ROOM_NOT_FOUND", "No room has this id.")
+            raise NotFound(Code.ROOM_NOT_FOUND, "No room has this id.")
         if last_event_id is None or not _resumable(session, last_event_id, position):
             return Opening(position, rows, None)
         resumed = _changes(session, now, last_event_id, position, scope)

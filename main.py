@@ -19,6 +19,7 @@ from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
 from live import Hub
 from observability import RequestObservability, configure_access_log
+from openapi import install_openapi
 from ratelimit import RateLimits, RateLimitStore
 from requestid import HEADER as REQUEST_ID_HEADER
 from routers import health, holds, metrics, page, rooms, slots, stats, users
@@ -83,8 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Hold a time slot, then confirm or release it; never two live claims on one slot.",
         lifespan=partial(lifespan, settings=settings),
+        # Relative: the document describes whichever host serves it.
+        servers=[{"url": "/", "description": "The server this document was read from"}],
     )
     install_error_handlers(app)
+    install_openapi(app)
     for module in (users, rooms, slots, holds, health, stats, metrics, page):
         app.include_router(module.router)
     # Pure ASGI middlewares; the last added runs first. Ids, logs and metrics see every answer;

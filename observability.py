@@ -12,6 +12,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import metrics
+from errors import Code
 from requestid import adopt_request_id
 from state import AppState
 
@@ -72,7 +73,7 @@ def _count_holds(method: str, route: str, status: int, body: bytes) -> None:
     elif (method, route) == _CONFIRM_HOLD:
         if status == 200:
             metrics.HOLDS_CONFIRMED.inc()
-        elif status == 410 and _problem_code(body) == "HOLD_EXPIRED":
+        elif status == 410 and _problem_code(body) == Code.HOLD_EXPIRED.code:
             metrics.HOLDS_LAPSED_AT_CONFIRM.inc()
 
 

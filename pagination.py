@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from errors import InvalidInput
+from errors import Code, InvalidInput
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -29,7 +29,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError("naive cursor")
         return parsed.astimezone(UTC), uuid.UUID(item_id)
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidInput("INVALID_CURSOR", "The cursor is not one this API returned.") from exc
+        raise InvalidInput(Code.INVALID_CURSOR, "The cursor is not one this API returned.") from exc
 
 
 def fetch_limit(limit: int) -> int:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import metrics
 from auth import CurrentUserId
 from config import Settings
-from errors import DomainError
+from errors import Code, DomainError
 
 _SCOPE_KEY = "booking.rate_limits"
 KEY_PREFIX = "booking-ratelimit"
@@ -73,7 +73,7 @@ class RateLimits:
             metrics.RATE_LIMITED.labels(name).inc()
             retry_after = max(1, math.ceil(reset_at - time.time()))
             raise RateLimited(
-                "RATE_LIMITED",
+                Code.RATE_LIMITED,
                 f"At most {item} {what}; retry in {retry_after} s.",
                 headers={"Retry-After": str(retry_after)},
                 limit=str(item),

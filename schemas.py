@@ -5,7 +5,7 @@ import unicodedata
 import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
@@ -105,18 +105,127 @@ class ReadModel(BaseModel):
 
 
 class Problem(BaseModel):
-    """An RFC 9457 problem document; extra members (e.g. `held_until`) may follow."""
+    """An RFC 9457 problem document: every error the API sends has these members."""
 
-    model_config = ConfigDict(extra="allow")
-
-    type: str
+    type: str = Field(description="urn:booking:problem:<code in kebab case>")
     title: str
     status: int
-    detail: str
-    code: str = Field(description="Stable machine-readable error code")
+    detail: str = Field(description="Prose for people; may change")
+    code: str = Field(description="Stable machine-readable error code; each operation lists the ones it can return")
+    request_id: str | None = Field(None, description="This request's X-Request-ID: quote it when reporting a failure")
+
+
+# One problem schema per status, with the members its codes add, typed. The OpenAPI document
+# narrows `code` per operation to the codes that operation can return (errors.problems).
+
+
+class UnauthorizedProblem(Problem):
+    """401: no bearer token where one is needed, or one that is not valid (`WWW-Authenticate: Bearer`)."""
+
+    status: Literal[401]
+
+
+class ForbiddenProblem(Problem):
+    """403: authenticated, but not allowed to do this."""
+
+    status: Literal[403]
+
+
+class NotFoundProblem(Problem):
+    """404: the named resource does not exist."""
+
+    status: Literal[404]
+
+
+class ConflictProblem(Problem):
+    """409: the request clashes with the current state."""
+
+    status: Literal[409]
+
+
+class SlotUnavailableProblem(Problem):
+    """409 `SLOT_UNAVAILABLE`: the slot has a live claim (members absent when a concurrent claim has just ended)."""
+
+    status: Literal[409]
+    slot_status: SlotStatus | None = Field(None, description="BOOKED, HELD_BY_ME or HELD_BY_OTHER")
+    held_until: datetime | None = Field(None, description="When the live hold ends (absent when booked)")
+    hold_id: uuid.UUID | None = Field(None, description="The caller's own hold, when it is the caller's (else null)")
+
+
+class SlotOverlapProblem(Problem):
+    """409 `SLOT_OVERLAP`: the new slot overlaps another slot of the room."""
+
+    status: Literal[409]
+    overlapping_slot_id: uuid.UUID
+
+
+class HoldLimitProblem(Problem):
+    """409 `HOLD_LIMIT_REACHED`: the caller already has as many live holds as one user may."""
+
+    status: Literal[409]
+    active_holds: int = Field(description="The caller's live (unexpired, unconfirmed) holds")
+    limit: int = Field(description="HOLD_MAX_ACTIVE_PER_USER")
+    earliest_ends_at: datetime = Field(description="When the first of them ends")
+
+
+class HoldCooldownProblem(Problem):
+    """409 `HOLD_COOLDOWN`: the caller's own claim on this slot ended moments ago (`Retry-After`)."""
+
+    status: Literal[409]
+    retry_at: datetime = Field(description="When the caller may hold this slot again")
+
+
+class BadRequestProblem(Problem):
+    """400: a header the API reads is malformed."""
+
+    status: Literal[400]
+
+
+class PayloadTooLargeProblem(Problem):
+    """413: the request body is over 64 KiB; refused before it was read."""
+
+    status: Literal[413]
+
+
+class RateLimitedProblem(Problem):
+    """429: too many requests of this kind (`Retry-After` says when to retry)."""
+
+    status: Literal[429]
+    limit: str = Field(description="The limit that was reached, in the `limits` notation (e.g. 120/minute)")
+
+
+class HoldGoneProblem(Problem):
+    """410: the hold has expired, or was released or cancelled."""
+
+    status: Literal[410]
+    hold_status: HoldStatus = Field(description="The hold's status now")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: `body`, `query`, `path` or `header`, then the field")
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """422: the request does not match the schema, or breaks a rule the schema cannot express."""
+
+    status: Literal[422]
+    errors: list[ValidationIssue] | None = Field(
+        None, description="Each schema violation (VALIDATION_ERROR, and MALFORMED_JSON where the parser says where)"
+    )
+
+
+class ServiceUnavailableProblem(Problem):
+    """503: the database is busy (`Retry-After` says when to retry) or does not answer."""
+
+    status: Literal[503]
+    database: str | None = Field(None, description="The backend /health tried (GET /health only)")
 
 
 class UserCreate(InputModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Alice Example", "handle": "alice"}]})
+
     name: DisplayName
     handle: Annotated[str, AfterValidator(_normalise_handle)] = Field(
         max_length=64,
@@ -156,6 +265,8 @@ class ApiTokenRead(BaseModel):
 
 
 class RoomCreate(InputModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "Blue room", "capacity": 8}]})
+
     name: DisplayName
     capacity: int = Field(ge=1, le=100_000)
 
@@ -169,6 +280,10 @@ class RoomRead(ReadModel):
 
 
 class SlotCreate(InputModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"start_time": "2031-05-04T09:00:00Z", "end_time": "2031-05-04T10:00:00Z"}]}
+    )
+
     start_time: UtcDatetime
     end_time: UtcDatetime
 
@@ -180,6 +295,27 @@ class SlotCreate(InputModel):
 
 
 class SlotRead(BaseModel):
+    # Every member is always sent (null when it does not apply), so the document lists them all as required.
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                    "room_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                    "start_time": "2031-05-04T09:00:00Z",
+                    "end_time": "2031-05-04T10:00:00Z",
+                    "status": "HELD_BY_ME",
+                    "hold_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "expires_at": "2031-05-03T12:05:00Z",
+                    "held_until": "2031-05-03T12:05:00Z",
+                    "created_date": "2031-05-01T08:00:00Z",
+                    "last_updated_date": "2031-05-01T08:00:00Z",
+                }
+            ]
+        },
+    )
+
     id: uuid.UUID
     room_id: uuid.UUID
     start_time: datetime
@@ -200,15 +336,41 @@ class SlotPage(BaseModel):
 
 
 class HoldCreate(InputModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"slot_id": "0f8fad5b-d9cb-469f-a165-70867728950e"}]})
+
     slot_id: uuid.UUID
     user_id: uuid.UUID | None = Field(None, description="Optional; must be the token's user")
 
 
 class HoldAction(InputModel):
+    """Optional for every action: the body may be left out."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{}]})
+
     user_id: uuid.UUID | None = Field(None, description="Optional; must be the token's user")
 
 
 class HoldRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "hold_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "slot_id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                    "user_id": "9b2f3c1e-8a4d-4e6f-9c3b-2d1e0f7a6b5c",
+                    # Not a live HOLD: FastAPI drops nulls from examples, and a hold's confirmed_at is null.
+                    "status": "CONFIRMED",
+                    "expires_at": "2031-05-03T12:05:00Z",
+                    "confirmed_at": "2031-05-03T12:01:30Z",
+                    "extensions_used": 0,
+                    "extensions_left": 1,
+                    "created_date": "2031-05-03T12:00:00Z",
+                    "last_updated_date": "2031-05-03T12:01:30Z",
+                }
+            ]
+        }
+    )
+
     hold_id: uuid.UUID
     slot_id: uuid.UUID
     user_id: uuid.UUID
@@ -255,6 +417,8 @@ class HoldPage(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     status: str
     database: str
     details: dict[str, Any] = Field(default_factory=dict)

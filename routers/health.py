@@ -7,7 +7,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from db import probe_write, read_transaction
-from errors import ServiceUnavailable, database_problem, database_unavailable, problem_schema
+from errors import Code, ServiceUnavailable, database_problem, database_unavailable, problems
 from routers import json_response
 from schemas import Health
 from state import DatabaseDep
@@ -20,7 +20,20 @@ def _ping(session: Session) -> None:
         session.execute(text("SELECT 1"))
 
 
-@router.get("/health", response_model=Health, responses=problem_schema(503))
+@router.get(
+    "/health",
+    response_model=Health,
+    operation_id="getHealth",
+    # The ping (and the deep write) reports a database that does not answer, is busy, or cannot write.
+    responses=problems(
+        Code.DATABASE_UNAVAILABLE,
+        Code.DATABASE_BUSY,
+        Code.DATABASE_FULL,
+        Code.DATABASE_READ_ONLY,
+        Code.VALIDATION_ERROR,
+        database=False,
+    ),
+)
 async def health(
     db: DatabaseDep,
     deep: bool = Query(False, description="Also run a write (changing nothing, rolled back): can the database write?"),

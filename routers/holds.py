@@ -1,7 +1,7 @@
 """/holds: hold a slot, then confirm, release, extend or cancel it."""
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
@@ -10,7 +10,7 @@ import booking
 from auth import CurrentUserId, ensure_acting_user
 from config import Settings
 from db import Database
-from errors import problem_schema
+from errors import IDEMPOTENT_CODES, WRITE_CODES, Code, problems
 from idempotency import Idempotency, IdempotencyDep, respond
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from ratelimit import HoldRateLimit
@@ -21,7 +21,27 @@ from state import DatabaseDep, SettingsDep
 router = APIRouter(prefix="/holds", tags=["holds"])
 
 
-@router.post("", status_code=201, response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
+@router.post(
+    "",
+    status_code=201,
+    response_model=HoldRead,
+    operation_id="createHold",
+    responses=problems(
+        Code.MISSING_TOKEN,
+        Code.INVALID_TOKEN,
+        Code.USER_MISMATCH,
+        Code.SLOT_NOT_FOUND,
+        Code.SLOT_UNAVAILABLE,
+        Code.SLOT_STARTED,
+        Code.HOLD_LIMIT_REACHED,
+        Code.HOLD_COOLDOWN,
+        Code.VALIDATION_ERROR,
+        Code.MALFORMED_JSON,
+        Code.RATE_LIMITED,
+        *IDEMPOTENT_CODES,
+        *WRITE_CODES,
+    ),
+)
 async def create_hold(
     data: HoldCreate,
     user_id: CurrentUserId,
@@ -39,7 +59,12 @@ async def create_hold(
     return await respond(db, settings, idem, user_id, work, 201)
 
 
-@router.get("", response_model=HoldPage, responses=problem_schema(401, 422))
+@router.get(
+    "",
+    response_model=HoldPage,
+    operation_id="listHolds",
+    responses=problems(Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.VALIDATION_ERROR, Code.INVALID_CURSOR),
+)
 async def list_holds(
     user_id: CurrentUserId,
     db: DatabaseDep,
@@ -57,18 +82,48 @@ async def list_holds(
     return json_response(page)
 
 
-@router.get("/{hold_id}", response_model=HoldRead, responses=problem_schema(401, 403, 404, 422))
+@router.get(
+    "/{hold_id}",
+    response_model=HoldRead,
+    operation_id="getHold",
+    responses=problems(
+        Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.HOLD_NOT_FOUND, Code.NOT_HOLD_OWNER, Code.VALIDATION_ERROR
+    ),
+)
 async def get_hold(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep) -> Response:
     """One of the caller's holds, with its status derived now."""
     hold = await db.run(lambda session: booking.get_hold(session, hold_id=hold_id, user_id=user_id, settings=settings))
     return json_response(hold)
 
 
-@router.get("/{hold_id}/history", response_model=HoldHistory, responses=problem_schema(401, 403, 404, 422))
+@router.get(
+    "/{hold_id}/history",
+    response_model=HoldHistory,
+    operation_id="getHoldHistory",
+    responses=problems(
+        Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.HOLD_NOT_FOUND, Code.NOT_HOLD_OWNER, Code.VALIDATION_ERROR
+    ),
+)
 async def hold_history(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep) -> Response:
     """The caller's hold's transitions with their times, oldest first (kept EVENT_RETENTION_SECONDS)."""
     history = await db.run(lambda session: booking.hold_history(session, hold_id=hold_id, user_id=user_id))
     return json_response(history)
+
+
+def _action_problems(*codes: Code) -> dict[int | str, dict[str, Any]]:
+    """What an owner's action on a hold can answer: these codes, and what every action can."""
+    return problems(
+        Code.MISSING_TOKEN,
+        Code.INVALID_TOKEN,
+        Code.USER_MISMATCH,
+        Code.HOLD_NOT_FOUND,
+        Code.NOT_HOLD_OWNER,
+        *codes,
+        Code.VALIDATION_ERROR,
+        Code.MALFORMED_JSON,
+        *IDEMPOTENT_CODES,
+        *WRITE_CODES,
+    )
 
 
 async def _act(
@@ -88,7 +143,12 @@ async def _act(
     return await respond(db, settings, idem, user_id, work)
 
 
-@router.post("/{hold_id}/confirm", response_model=HoldRead, responses=problem_schema(401, 403, 404, 410, 422))
+@router.post(
+    "/{hold_id}/confirm",
+    response_model=HoldRead,
+    operation_id="confirmHold",
+    responses=_action_problems(Code.HOLD_EXPIRED, Code.HOLD_RELEASED, Code.HOLD_CANCELLED_GONE),
+)
 async def confirm(
     hold_id: uuid.UUID,
     user_id: CurrentUserId,
@@ -101,7 +161,12 @@ async def confirm(
     return await _act(booking.confirm_hold, hold_id, user_id, db, settings, data, idem)
 
 
-@router.post("/{hold_id}/release", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 410, 422))
+@router.post(
+    "/{hold_id}/release",
+    response_model=HoldRead,
+    operation_id="releaseHold",
+    responses=_action_problems(Code.HOLD_CONFIRMED, Code.HOLD_CANCELLED, Code.HOLD_EXPIRED),
+)
 async def release(
     hold_id: uuid.UUID,
     user_id: CurrentUserId,
@@ -114,7 +179,14 @@ async def release(
     return await _act(booking.release_hold, hold_id, user_id, db, settings, data, idem)
 
 
-@router.post("/{hold_id}/extend", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 410, 422))
+@router.post(
+    "/{hold_id}/extend",
+    response_model=HoldRead,
+    operation_id="extendHold",
+    responses=_action_problems(
+        Code.EXTENSION_LIMIT_REACHED, Code.HOLD_CONFIRMED, Code.HOLD_CANCELLED, Code.HOLD_EXPIRED, Code.HOLD_RELEASED
+    ),
+)
 async def extend(
     hold_id: uuid.UUID,
     user_id: CurrentUserId,
@@ -127,7 +199,12 @@ async def extend(
     return await _act(booking.extend_hold, hold_id, user_id, db, settings, data, idem)
 
 
-@router.post("/{hold_id}/cancel", response_model=HoldRead, responses=problem_schema(401, 403, 404, 409, 422))
+@router.post(
+    "/{hold_id}/cancel",
+    response_model=HoldRead,
+    operation_id="cancelHold",
+    responses=_action_problems(Code.SLOT_STARTED, Code.HOLD_NOT_CONFIRMED),
+)
 async def cancel(
     hold_id: uuid.UUID,
     user_id: CurrentUserId,

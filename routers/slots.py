@@ -11,7 +11,7 @@ import booking
 import live
 from auth import AdminDep, ViewerId, ensure_acting_user
 from clock import utc_now
-from errors import Unauthenticated, problem_schema
+from errors import WRITE_CODES, Code, Unauthenticated, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
 from schemas import Cursor, SlotPage, SlotRead, SlotStatus, UtcDatetime
@@ -25,13 +25,25 @@ UserIdQuery = Annotated[uuid.UUID | None, Query(description="Optional; must be t
 def _viewer(user_id: uuid.UUID | None, claimed: uuid.UUID | None) -> uuid.UUID | None:
     if user_id is None:
         if claimed is not None:
-            raise Unauthenticated("MISSING_TOKEN", "user_id needs that user's bearer token.")
+            raise Unauthenticated(Code.MISSING_TOKEN, "user_id needs that user's bearer token.")
         return None
     ensure_acting_user(user_id, claimed)
     return user_id
 
 
-@router.get("", response_model=SlotPage, responses=problem_schema(401, 403, 404, 422))
+@router.get(
+    "",
+    response_model=SlotPage,
+    operation_id="listSlots",
+    responses=problems(
+        Code.INVALID_TOKEN,
+        Code.MISSING_TOKEN,
+        Code.USER_MISMATCH,
+        Code.ROOM_NOT_FOUND,
+        Code.VALIDATION_ERROR,
+        Code.INVALID_CURSOR,
+    ),
+)
 async def list_slots(
     viewer: ViewerId,
     db: DatabaseDep,
@@ -67,12 +79,20 @@ async def list_slots(
 @router.get(
     "/stream",
     response_class=EventSourceResponse,
+    operation_id="streamSlots",
     responses={
         200: {
             "description": "Server-Sent Events: `snapshot`, then `slot` and `slot_deleted` per change",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **problem_schema(401, 403, 404, 422),
+        **problems(
+            Code.INVALID_TOKEN,
+            Code.MISSING_TOKEN,
+            Code.USER_MISMATCH,
+            Code.ROOM_NOT_FOUND,
+            Code.VALIDATION_ERROR,
+            Code.RANGE_TOO_LARGE,
+        ),
     },
 )
 async def stream_slots(
@@ -104,14 +124,34 @@ async def stream_slots(
     )
 
 
-@router.get("/{slot_id}", response_model=SlotRead, responses=problem_schema(401, 403, 404, 422))
+@router.get(
+    "/{slot_id}",
+    response_model=SlotRead,
+    operation_id="getSlot",
+    responses=problems(
+        Code.INVALID_TOKEN, Code.MISSING_TOKEN, Code.USER_MISMATCH, Code.SLOT_NOT_FOUND, Code.VALIDATION_ERROR
+    ),
+)
 async def get_slot(slot_id: uuid.UUID, viewer: ViewerId, db: DatabaseDep, user_id: UserIdQuery = None) -> Response:
     """One slot with its status for the caller."""
     viewer_id = _viewer(viewer, user_id)
     return json_response(await db.run(lambda session: booking.get_slot(session, slot_id=slot_id, viewer_id=viewer_id)))
 
 
-@router.delete("/{slot_id}", status_code=204, responses=problem_schema(401, 403, 404, 409, 422))
+@router.delete(
+    "/{slot_id}",
+    status_code=204,
+    operation_id="deleteSlot",
+    responses=problems(
+        Code.MISSING_TOKEN,
+        Code.INVALID_TOKEN,
+        Code.ADMIN_REQUIRED,
+        Code.SLOT_NOT_FOUND,
+        Code.SLOT_IN_USE,
+        Code.VALIDATION_ERROR,
+        *WRITE_CODES,
+    ),
+)
 async def delete_slot(_: AdminDep, slot_id: uuid.UUID, db: DatabaseDep) -> Response:
     """Admin: delete a slot that is neither held nor booked."""
     await db.run(lambda session: booking.delete_slot(session, slot_id=slot_id))

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 
 import booking
 from clock import utc_now
-from errors import problem_schema
+from errors import Code, problems
 from routers import json_response
 from schemas import Stats
 from state import DatabaseDep, HubDep
@@ -15,7 +15,7 @@ from state import DatabaseDep, HubDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/stats", response_model=Stats, responses=problem_schema(422))
+@router.get("/stats", response_model=Stats, operation_id="getStats", responses=problems(Code.VALIDATION_ERROR))
 async def stats(db: DatabaseDep, hub: HubDep, room_id: uuid.UUID | None = None, day: date | None = None) -> Response:
     """Slots by status for a room (or all rooms) and a UTC day (default today), and this worker's open streams."""
     day = day or utc_now().date()

@@ -17,7 +17,7 @@ from auth import (
     revoke_presented_token,
     revoke_token,
 )
-from errors import problem_schema
+from errors import IDEMPOTENT_CODES, WRITE_CODES, Code, problems
 from idempotency import ADMIN, ANONYMOUS, IdempotencyDep, respond
 from ratelimit import SignupRateLimit
 from routers import json_response
@@ -27,7 +27,20 @@ from state import DatabaseDep, SettingsDep
 router = APIRouter(prefix="/users", tags=["users"])
 
 
-@router.post("", status_code=201, response_model=UserWithToken, responses=problem_schema(409, 422))
+@router.post(
+    "",
+    status_code=201,
+    response_model=UserWithToken,
+    operation_id="registerUser",
+    responses=problems(
+        Code.HANDLE_TAKEN,
+        Code.VALIDATION_ERROR,
+        Code.MALFORMED_JSON,
+        Code.RATE_LIMITED,
+        *IDEMPOTENT_CODES,
+        *WRITE_CODES,
+    ),
+)
 async def register(
     data: UserCreate, db: DatabaseDep, settings: SettingsDep, _: SignupRateLimit, idem: IdempotencyDep
 ) -> Response:
@@ -40,7 +53,12 @@ async def register(
     return await respond(db, settings, idem, ANONYMOUS, work, 201)
 
 
-@router.get("/me", response_model=UserRead, responses=problem_schema(401))
+@router.get(
+    "/me",
+    response_model=UserRead,
+    operation_id="getCurrentUser",
+    responses=problems(Code.MISSING_TOKEN, Code.INVALID_TOKEN),
+)
 async def me(user_id: CurrentUserId, db: DatabaseDep) -> Response:
     """The user the bearer token belongs to."""
     return json_response(await db.run(lambda session: UserRead.model_validate(get_user(session, user_id))))
@@ -50,7 +68,16 @@ async def me(user_id: CurrentUserId, db: DatabaseDep) -> Response:
     "/{user_id}/token",
     status_code=201,
     response_model=TokenRead,
-    responses=problem_schema(401, 403, 404, 422),
+    operation_id="issueUserToken",
+    responses=problems(
+        Code.MISSING_TOKEN,
+        Code.INVALID_TOKEN,
+        Code.ADMIN_REQUIRED,
+        Code.USER_NOT_FOUND,
+        Code.VALIDATION_ERROR,
+        *IDEMPOTENT_CODES,
+        *WRITE_CODES,
+    ),
 )
 async def new_token(
     _: AdminDep, user_id: uuid.UUID, db: DatabaseDep, settings: SettingsDep, idem: IdempotencyDep
@@ -63,7 +90,12 @@ async def new_token(
     return await respond(db, settings, idem, ADMIN, work, 201)
 
 
-@router.get("/me/tokens", operation_id="listMyTokens", response_model=list[ApiTokenRead], responses=problem_schema(401))
+@router.get(
+    "/me/tokens",
+    operation_id="listMyTokens",
+    response_model=list[ApiTokenRead],
+    responses=problems(Code.MISSING_TOKEN, Code.INVALID_TOKEN),
+)
 async def my_tokens(user_id: CurrentUserId, token_hash: CurrentTokenHash, db: DatabaseDep) -> Response:
     """The caller's working tokens (never their values), newest first; `current` marks this request's."""
 
@@ -83,7 +115,12 @@ async def my_tokens(user_id: CurrentUserId, token_hash: CurrentTokenHash, db: Da
 
 
 @router.delete(
-    "/me/tokens/{token_id}", operation_id="revokeMyToken", status_code=204, responses=problem_schema(401, 404, 422)
+    "/me/tokens/{token_id}",
+    operation_id="revokeMyToken",
+    status_code=204,
+    responses=problems(
+        Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.TOKEN_NOT_FOUND, Code.VALIDATION_ERROR, *WRITE_CODES
+    ),
 )
 async def revoke_my_token(
     user_id: CurrentUserId, token_id: uuid.UUID, db: DatabaseDep, cache: TokenCacheDep
@@ -93,7 +130,12 @@ async def revoke_my_token(
     return Response(status_code=204)
 
 
-@router.post("/me/logout", operation_id="logout", status_code=204, responses=problem_schema(401))
+@router.post(
+    "/me/logout",
+    operation_id="logout",
+    status_code=204,
+    responses=problems(Code.MISSING_TOKEN, Code.INVALID_TOKEN, *WRITE_CODES),
+)
 async def logout(
     user_id: CurrentUserId, token_hash: CurrentTokenHash, db: DatabaseDep, cache: TokenCacheDep
 ) -> Response:
