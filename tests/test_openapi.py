@@ -24,6 +24,9 @@ OPERATION_IDS = {
     ("post", "/users"): "registerUser",
     ("get", "/users/me"): "getCurrentUser",
     ("post", "/users/{user_id}/token"): "issueUserToken",
+    ("get", "/users/me/tokens"): "listMyTokens",
+    ("delete", "/users/me/tokens/{token_id}"): "revokeMyToken",
+    ("post", "/users/me/logout"): "logout",
     ("post", "/rooms"): "createRoom",
     ("get", "/rooms"): "listRooms",
     ("get", "/rooms/{room_id}"): "getRoom",
@@ -192,7 +195,12 @@ def test_every_operation_documents_503_with_retry_after(document: dict[str, Any]
         assert "DATABASE_UNAVAILABLE" in _documented_codes(operation)["503"], operation_id
         if "DATABASE_BUSY" in _documented_codes(operation)["503"]:
             assert "Retry-After" in response["headers"], operation_id
-    assert _documented_codes(_operations(document)["getHealth"])["503"] == {"DATABASE_UNAVAILABLE"}
+    assert _documented_codes(_operations(document)["getHealth"])["503"] == {
+        "DATABASE_UNAVAILABLE",
+        "DATABASE_BUSY",
+        "DATABASE_FULL",
+        "DATABASE_READ_ONLY",
+    }
 
 
 def test_401_documents_www_authenticate_and_409_retry_after_where_sent(document: dict[str, Any]) -> None:
@@ -208,7 +216,9 @@ def test_create_hold_409_is_one_of_slot_unavailable_and_conflict(document: dict[
     variants = _problem_variants(_operations(document)["createHold"]["responses"]["409"])
     assert [(v["title"], v["allOf"][1]["properties"]["code"]["enum"]) for v in variants] == [
         ("SlotUnavailableProblem", ["SLOT_UNAVAILABLE"]),
-        ("ConflictProblem", ["SLOT_STARTED", "TRANSACTION_CONFLICT", "CONSTRAINT_VIOLATION"]),
+        ("ConflictProblem", ["SLOT_STARTED", "IDEMPOTENCY_KEY_IN_USE", "TRANSACTION_CONFLICT", "CONSTRAINT_VIOLATION"]),
+        ("HoldLimitProblem", ["HOLD_LIMIT_REACHED"]),
+        ("HoldCooldownProblem", ["HOLD_COOLDOWN"]),
     ]
 
 
@@ -268,7 +278,8 @@ def test_integer_bounds_are_integers(document: dict[str, Any]) -> None:
 
 def test_handle_publishes_its_pattern_and_length(document: dict[str, Any]) -> None:
     handle = document["components"]["schemas"]["UserCreate"]["properties"]["handle"]
-    assert (handle["pattern"], handle["minLength"], handle["maxLength"]) == ("^[A-Za-z0-9_]{1,32}$", 1, 32)
+    # What the server accepts: surrounding whitespace is stripped and letters are lower-cased.
+    assert (handle["pattern"], handle["maxLength"]) == (r"^\s*[A-Za-z0-9_]{1,32}\s*$", 64)
 
 
 def test_every_request_body_and_main_response_has_an_example(document: dict[str, Any]) -> None:
