@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -72,7 +73,14 @@ def _module(name: str) -> Any:
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
-def test_generated_client_runs_the_whole_hold_flow(server: str, client_package: ModuleType) -> None:
+@pytest.fixture
+def clients() -> Iterator[ExitStack]:
+    """Closes every generated client the test opens (each holds an HTTP connection pool)."""
+    with ExitStack() as stack:
+        yield stack
+
+
+def test_generated_client_runs_the_whole_hold_flow(server: str, client_package: ModuleType, clients: ExitStack) -> None:
     api, models = "api", _module("models")
     users = _module(f"{api}.users.register_user")
     me = _module(f"{api}.users.get_current_user")
@@ -90,8 +98,8 @@ def test_generated_client_runs_the_whole_hold_flow(server: str, client_package: 
     health = _module(f"{api}.health.get_health")
     stats = _module(f"{api}.health.get_stats")
 
-    anonymous = client_package.Client(base_url=server)
-    admin = client_package.AuthenticatedClient(base_url=server, token=ADMIN_TOKEN)
+    anonymous = clients.enter_context(client_package.Client(base_url=server))
+    admin = clients.enter_context(client_package.AuthenticatedClient(base_url=server, token=ADMIN_TOKEN))
 
     # Admin: a room and two slots tomorrow.
     room = create_room.sync(client=admin, body=models.RoomCreate(name=f"Room {uuid.uuid4().hex[:8]}", capacity=4))
@@ -119,11 +127,13 @@ def test_generated_client_runs_the_whole_hold_flow(server: str, client_package: 
     alice_user = users.sync(client=anonymous, body=models.UserCreate(name="Alice", handle=f"a_{uuid.uuid4().hex[:12]}"))
     bob_user = users.sync(client=anonymous, body=models.UserCreate(name="Bob", handle=f"b_{uuid.uuid4().hex[:12]}"))
     assert isinstance(alice_user, models.UserWithToken) and isinstance(bob_user, models.UserWithToken)
-    alice = client_package.AuthenticatedClient(base_url=server, token=alice_user.token)
-    bob = client_package.AuthenticatedClient(base_url=server, token=bob_user.token)
+    alice = clients.enter_context(client_package.AuthenticatedClient(base_url=server, token=alice_user.token))
+    bob = clients.enter_context(client_package.AuthenticatedClient(base_url=server, token=bob_user.token))
     assert me.sync(client=alice).id == alice_user.id
     assert isinstance(new_token.sync(alice_user.id, client=admin), models.TokenRead)
-    unauthorized = me.sync(client=client_package.AuthenticatedClient(base_url=server, token="not-a-token"))
+    unauthorized = me.sync(
+        client=clients.enter_context(client_package.AuthenticatedClient(base_url=server, token="not-a-token"))
+    )
     assert unauthorized.code == models.GetCurrentUserUnauthorizedProblemCode.INVALID_TOKEN
 
     # Anonymous listing. (openapi-python-client 0.29 types optional-auth operations as needing an
