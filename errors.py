@@ -220,6 +220,10 @@ def database_unavailable(backend: str | None = None) -> ServiceUnavailable:
     return ServiceUnavailable(Code.DATABASE_UNAVAILABLE, detail, headers=headers, database=backend)
 
 
+def _database_unreachable() -> ServiceUnavailable:
+    return database_busy("The database cannot be reached (restarting?); retry shortly.")
+
+
 def database_cannot_write(code: Code, detail: str) -> ServiceUnavailable:
     """The database answers but refuses writes (out of space, read-only): an operator must act."""
     return ServiceUnavailable(code, detail, headers={"Retry-After": "60"})
@@ -296,8 +300,14 @@ _SQLITE_BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED"}
 _SQLITE_GONE = {"SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_NOTADB"}
 
 
-def database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
-    """The problem a database failure is reported as; None when it is not one we recognise."""
+def database_problem(exc: DBAPIError | PoolTimeout, *, health: bool = False) -> DomainError | None:
+    """The problem a database failure is reported as; None when it is not one we recognise.
+
+    A PostgreSQL server that cannot be reached (restarting, refused, connection lost) is
+    DATABASE_BUSY with `Retry-After` for a request, which should simply retry; /health
+    (`health=True`) says what it is, DATABASE_UNAVAILABLE.
+    """
+    unreachable = database_unavailable if health else _database_unreachable
     if isinstance(exc, PoolTimeout):
         return database_busy("No database connection was free in time; retry shortly.")
     sqlstate: str | None = getattr(exc.orig, "sqlstate", None)
@@ -317,14 +327,16 @@ def database_problem(exc: DBAPIError | PoolTimeout) -> DomainError | None:
         return database_busy("The database is overloaded or restarting; retry shortly.")
     if sqlite_name in _SQLITE_BUSY or "database is locked" in str(exc.orig):
         return database_busy("The database is busy; retry shortly.")
-    if exc.connection_invalidated or (sqlstate or "").startswith("08") or sqlite_name in _SQLITE_GONE:
-        return database_unavailable()
+    if sqlite_name in _SQLITE_GONE:
+        return database_unavailable()  # the file itself is gone or broken: retrying will not help
+    if exc.connection_invalidated or (sqlstate or "").startswith("08"):
+        return unreachable()
     if sqlstate is None and sqlite_name is None:
         # A driver error without an SQL state: psycopg's own connection failures (refused, lost)
         # are OperationalError or InterfaceError; a DataError is a value the driver would not
         # send (a NUL byte in a text field). Anything else is a bug, and stays a 500.
         if isinstance(exc, OperationalError | InterfaceError):
-            return database_unavailable()
+            return unreachable()
         if isinstance(exc, DataError):
             return InvalidInput(Code.UNSTORABLE_VALUE, "A value in the request cannot be stored.")
     return None

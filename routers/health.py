@@ -42,7 +42,7 @@ async def health(
     try:
         await db.run(probe_write if deep else _ping)
     except SQLAlchemyError as exc:
-        problem = database_problem(exc) if isinstance(exc, DBAPIError | PoolTimeout) else None
+        problem = database_problem(exc, health=True) if isinstance(exc, DBAPIError | PoolTimeout) else None
         if not isinstance(problem, ServiceUnavailable):
             problem = database_unavailable()
         problem.extra["database"] = db.backend

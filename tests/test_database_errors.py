@@ -28,7 +28,7 @@ FAILURES = {
         "DATABASE_BUSY",
     ),
     "pool-exhausted": (PoolTimeout("QueuePool limit reached"), 503, "DATABASE_BUSY"),
-    "connection-lost": (OperationalError("SELECT 1", {}, _PgError("08006")), 503, "DATABASE_UNAVAILABLE"),
+    "connection-lost": (OperationalError("SELECT 1", {}, _PgError("08006")), 503, "DATABASE_BUSY"),
     "lock-timeout": (OperationalError("UPDATE holds", {}, _PgError("55P03")), 503, "DATABASE_BUSY"),
     "statement-timeout": (OperationalError("SELECT", {}, _PgError("57014")), 503, "DATABASE_BUSY"),
     "too-many-connections": (OperationalError("SELECT", {}, _PgError("53300")), 503, "DATABASE_BUSY"),
