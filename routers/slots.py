@@ -9,6 +9,7 @@ from sse_starlette import EventSourceResponse
 
 import booking
 import live
+import stream
 from auth import AdminDep, ViewerId, ensure_acting_user
 from clock import utc_now
 from errors import WRITE_CODES, Code, Unauthenticated, problems
@@ -112,14 +113,14 @@ async def stream_slots(
     """Live board: the slots of GET /slots (at most 1,000) as a snapshot, then every change as it commits."""
     viewer_id = _viewer(viewer, user_id)
     scope = live.Range(room_id, start_from or utc_now(), start_to)
-    events = await live.open_events(hub, scope, viewer_id, live.parse_last_event_id(last_event_id))
-    # ping=0: the stream writes its own heartbeats (live.py), one task fewer per open stream.
+    events = await stream.open_events(hub, scope, viewer_id, stream.parse_last_event_id(last_event_id))
+    # ping=0: the stream writes its own heartbeats (stream.py), one task fewer per open stream.
     return EventSourceResponse(
         events,
         ping=0,
         shutdown_event=hub.shutting_down,
-        shutdown_grace_period=live.SHUTDOWN_GRACE_SECONDS,
-        send_timeout=live.SEND_TIMEOUT_SECONDS,
+        shutdown_grace_period=stream.SHUTDOWN_GRACE_SECONDS,
+        send_timeout=stream.SEND_TIMEOUT_SECONDS,
         headers={"Cache-Control": "no-store"},
     )
 

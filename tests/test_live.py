@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 
 import live
+import stream
 from booking import slot_status
 from schemas import SlotStatus
 from tests.factories import ADMIN, assert_problem, make_room, make_slot
@@ -44,7 +45,7 @@ def _row(claim_status: str | None = "HOLD", *, owner: uuid.UUID = ALICE, until: 
 
 
 def test_a_shown_hold_lapses_at_its_end_and_not_a_second_before() -> None:
-    board = live.Board(position=7)
+    board = stream.Board(position=7)
     row = _row(until=NOW + timedelta(minutes=5))
     with freeze_time(NOW) as clock:
         board.shown(row.id, row, NOW)
@@ -58,7 +59,7 @@ def test_a_shown_hold_lapses_at_its_end_and_not_a_second_before() -> None:
 
 
 def test_the_earliest_of_several_holds_sets_the_next_lapse() -> None:
-    board = live.Board(position=0)
+    board = stream.Board(position=0)
     late, early = _row(until=NOW + timedelta(minutes=9)), _row(until=NOW + timedelta(minutes=2))
     board.shown(late.id, late, NOW)
     board.shown(early.id, early, NOW)
@@ -68,7 +69,7 @@ def test_the_earliest_of_several_holds_sets_the_next_lapse() -> None:
 
 
 def test_an_extension_moves_the_lapse() -> None:
-    board = live.Board(position=0)
+    board = stream.Board(position=0)
     row = _row(until=NOW + timedelta(minutes=5))
     board.shown(row.id, row, NOW)
     extended = SimpleNamespace(**{**vars(row), "claim_expires_at": NOW + timedelta(minutes=10)})
@@ -79,7 +80,7 @@ def test_an_extension_moves_the_lapse() -> None:
 
 @pytest.mark.parametrize("claim", ["CONFIRMED", None])
 def test_a_booking_or_a_free_slot_never_lapses(claim: str | None) -> None:
-    board = live.Board(position=0)
+    board = stream.Board(position=0)
     held = _row()
     board.shown(held.id, held, NOW)
     board.shown(held.id, _row(claim), NOW)  # the same slot, now booked or free
@@ -87,7 +88,7 @@ def test_a_booking_or_a_free_slot_never_lapses(claim: str | None) -> None:
 
 
 def test_a_hold_already_over_when_shown_is_not_kept() -> None:
-    board = live.Board(position=0)
+    board = stream.Board(position=0)
     row = _row(until=NOW)
     board.shown(row.id, row, NOW)
     assert board.next_lapse() is None
@@ -168,12 +169,12 @@ def test_a_range_covers_its_room_from_inclusive_to_exclusive() -> None:
 
 @pytest.mark.parametrize(("header", "position"), [("42", 42), (" 7 ", 7), ("0", 0)])
 def test_a_last_event_id_we_sent_is_a_position(header: str, position: int) -> None:
-    assert live.parse_last_event_id(header) == position
+    assert stream.parse_last_event_id(header) == position
 
 
 @pytest.mark.parametrize("header", [None, "", "abc", "-1", "1.5", "1e3"])
 def test_any_other_last_event_id_means_a_fresh_snapshot(header: str | None) -> None:
-    assert live.parse_last_event_id(header) is None
+    assert stream.parse_last_event_id(header) is None
 
 
 def test_a_stream_that_falls_a_full_queue_behind_is_cut_off_not_buffered() -> None:
