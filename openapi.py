@@ -1,7 +1,7 @@
 """The OpenAPI document, as front-end teams' generators read it: problems, security, exact schemas.
 
 FastAPI builds the document from the routes; this finishes it: each error as the problem+json
-schema of its status with the codes the route declared (`errors.problems`), each operation's
+schema of its status with the codes the route declared (`problems`, below), each operation's
 security as its dependencies enforce it, optional bodies as optional references, and integer
 bounds as integers.
 """
@@ -16,6 +16,110 @@ from pydantic.json_schema import models_json_schema
 
 import auth
 from errors import PROBLEM_JSON, Code
+from schemas import Problem
+
+# --- a route's documented errors: `responses=problems(Code..., ...)` -------------------------------
+# Generated from the Code registry (errors.py), so the document cannot drift from what is raised.
+
+_DESCRIPTIONS = {
+    400: "A malformed header (Idempotency-Key)",
+    401: "Missing or invalid bearer token",
+    403: "Not allowed (not the owner, not admin, or user_id mismatch)",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    410: "Hold expired, released or cancelled",
+    413: "The request body is over 64 KiB (refused before it was read)",
+    422: "Invalid input",
+    429: "Too many requests of this kind; retry after Retry-After seconds",
+    503: "The database is busy, does not answer, or cannot write",
+}
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before retrying: 0 with TRANSACTION_CONFLICT, 1 with DATABASE_BUSY, "
+    "5 with DATABASE_UNAVAILABLE, 60 when the database cannot write; with HOLD_COOLDOWN and "
+    "RATE_LIMITED, until the wait is over",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+# Response headers by status, and the codes that send them.
+_HEADERS: dict[int, dict[str, tuple[frozenset[Code], dict[str, Any]]]] = {
+    401: {
+        "WWW-Authenticate": (
+            frozenset({Code.MISSING_TOKEN, Code.INVALID_TOKEN}),
+            {"description": "The scheme to authenticate with", "required": True, "schema": {"const": "Bearer"}},
+        )
+    },
+    409: {"Retry-After": (frozenset({Code.TRANSACTION_CONFLICT, Code.HOLD_COOLDOWN}), _RETRY_AFTER)},
+    429: {"Retry-After": (frozenset({Code.RATE_LIMITED}), _RETRY_AFTER)},
+    503: {
+        "Retry-After": (
+            frozenset({Code.DATABASE_BUSY, Code.DATABASE_UNAVAILABLE, Code.DATABASE_FULL, Code.DATABASE_READ_ONLY}),
+            _RETRY_AFTER,
+        )
+    },
+}
+
+# Every route's work is one database call (or several): any of them can meet a busy or absent database.
+DATABASE_CODES = (Code.DATABASE_BUSY, Code.DATABASE_UNAVAILABLE)
+# A write can also lose a PostgreSQL race (deadlock, serialization) or hit a constraint the
+# domain code did not foresee (409s), meet a database that cannot write (503s), carry a value
+# the driver refuses (422), or send a body over the limit (413).
+WRITE_CODES = (
+    Code.TRANSACTION_CONFLICT,
+    Code.CONSTRAINT_VIOLATION,
+    Code.UNSTORABLE_VALUE,
+    Code.PAYLOAD_TOO_LARGE,
+    Code.DATABASE_FULL,
+    Code.DATABASE_READ_ONLY,
+)
+# A POST that takes an Idempotency-Key (idempotency.py).
+IDEMPOTENT_CODES = (Code.INVALID_IDEMPOTENCY_KEY, Code.IDEMPOTENCY_KEY_REUSED, Code.IDEMPOTENCY_KEY_IN_USE)
+
+
+def problem_ref(schema: type[Problem]) -> str:
+    """Where a problem schema lives in the OpenAPI document."""
+    return f"#/components/schemas/{schema.__name__}"
+
+
+def _narrowed(schema: type[Problem], codes: list[Code]) -> dict[str, Any]:
+    # The status's schema, with `code` narrowed to what this operation can send: generated
+    # clients get one enum per operation and status to switch on.
+    return {
+        "title": schema.__name__,
+        "allOf": [
+            {"$ref": problem_ref(schema)},
+            {
+                "type": "object",
+                "required": ["code"],
+                "properties": {"code": {"type": "string", "enum": [code.code for code in codes]}},
+            },
+        ],
+    }
+
+
+def problems(*codes: Code, database: bool = True) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=`: each status it can answer with, its problem schema and the codes it sends.
+
+    `database` adds the 503s every route that reaches the database can answer.
+    """
+    wanted = dict.fromkeys((*codes, *DATABASE_CODES) if database else codes)  # ordered, no repeats
+    by_status: dict[int, list[Code]] = {}
+    for code in wanted:
+        by_status.setdefault(code.status, []).append(code)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, group in sorted(by_status.items()):
+        shapes = list(dict.fromkeys(code.schema for code in group))
+        variants = [_narrowed(shape, [code for code in group if code.schema is shape]) for shape in shapes]
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": variants[0] if len(variants) == 1 else {"oneOf": variants}}},
+        }
+        headers = {name: header for name, (senders, header) in _HEADERS.get(status, {}).items() if senders & set(group)}
+        if headers:
+            response["headers"] = headers
+        responses[status] = response
+    return responses
+
 
 USER_TOKEN = "userToken"
 ADMIN_TOKEN = "adminToken"

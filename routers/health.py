@@ -7,7 +7,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from db import probe_write, read_transaction
-from errors import Code, ServiceUnavailable, database_problem, database_unavailable, problems
+from errors import Code, ServiceUnavailable, database_problem, database_unavailable
+from openapi import problems
 from routers import json_response
 from schemas import Health
 from state import DatabaseDep

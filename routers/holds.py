@@ -10,8 +10,9 @@ import booking
 from auth import CurrentUserId, ensure_acting_user
 from config import Settings
 from db import Database
-from errors import IDEMPOTENT_CODES, WRITE_CODES, Code, problems
+from errors import Code
 from idempotency import Idempotency, IdempotencyDep, respond
+from openapi import IDEMPOTENT_CODES, WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from ratelimit import HoldRateLimit
 from routers import json_response

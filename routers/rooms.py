@@ -7,8 +7,9 @@ from sqlalchemy.orm import Session
 
 import catalog
 from auth import AdminDep
-from errors import IDEMPOTENT_CODES, WRITE_CODES, Code, problems
+from errors import Code
 from idempotency import ADMIN, IdempotencyDep, respond
+from openapi import IDEMPOTENT_CODES, WRITE_CODES, problems
 from routers import json_response
 from schemas import RoomCreate, RoomRead, SlotCreate, SlotRead
 from state import DatabaseDep, SettingsDep

@@ -12,7 +12,8 @@ import live
 import stream
 from auth import AdminDep, ViewerId, ensure_acting_user
 from clock import utc_now
-from errors import WRITE_CODES, Code, Unauthenticated, problems
+from errors import Code, Unauthenticated
+from openapi import WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
 from schemas import Cursor, SlotPage, SlotRead, SlotStatus, UtcDatetime

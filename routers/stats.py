@@ -7,7 +7,8 @@ from fastapi import APIRouter, Response
 
 import booking
 from clock import utc_now
-from errors import Code, problems
+from errors import Code
+from openapi import problems
 from routers import json_response
 from schemas import Stats
 from state import DatabaseDep, HubDep

@@ -17,8 +17,9 @@ from auth import (
     revoke_presented_token,
     revoke_token,
 )
-from errors import IDEMPOTENT_CODES, WRITE_CODES, Code, problems
+from errors import Code
 from idempotency import ADMIN, ANONYMOUS, IdempotencyDep, respond
+from openapi import IDEMPOTENT_CODES, WRITE_CODES, problems
 from ratelimit import SignupRateLimit
 from routers import json_response
 from schemas import ApiTokenRead, TokenRead, UserCreate, UserRead, UserWithToken
