@@ -31,7 +31,7 @@ from bench.fanout_record import Delivery, FanoutRow, Memory, deliveries, differe
 from bench.fanout_writers import Writer, positions
 from bench.record import MEMORY, POSTGRES, RESULTS
 from bench.seed import Api, Pool, seed
-from bench.server import RssSampler, Server
+from bench.server import RssSampler, Server, service_env
 from bench.subscribers import Parsed, group_main, open_streams, request_bytes
 
 HOLD_TTL_SECONDS = "3600"  # no hold lapses during a run: every change is a write
@@ -95,19 +95,7 @@ class Fanout:
         self.servers: list[Server] = []
 
     def server(self, url: str, label: str) -> Server:
-        env = {
-            "DATABASE_URL": url,
-            "ADMIN_TOKEN": self.admin_token,
-            "SEED_DEMO_DATA": "false",
-            "HOLD_TTL_SECONDS": HOLD_TTL_SECONDS,
-            # The scenarios' users hold and re-hold at will; the limits' SQL still runs on every hold.
-            "HOLD_MAX_ACTIVE_PER_USER": "10000",
-            "HOLD_REHOLD_COOLDOWN_SECONDS": "0",
-            # Limits high enough never to refuse, so every hold still pays for the check; no access log, as before.
-            "RATE_LIMIT_SIGNUPS": "1000000/minute",
-            "RATE_LIMIT_HOLDS": "1000000/minute",
-            "ACCESS_LOG": "false",
-        }
+        env = service_env(url, self.admin_token, HOLD_TTL_SECONDS)
         log_path = self.logs / f"fanout-{label}-{uuid.uuid4().hex[:6]}.log"
         server = Server(app="main:app", env=env, workers=1, log_path=log_path).start("/health")
         self.servers.append(server)

@@ -18,7 +18,7 @@ from bench.databases import Databases
 from bench.record import CHURN, FILE, HOT, LISTING, MEMORY, POSTGRES, RESULTS, CeilingRow, ScenarioRow, Soak
 from bench.scenarios import Options, ceiling_row, scenario_row, soak
 from bench.seed import Api, Pool, insert_history, seed, settle_claims
-from bench.server import Server
+from bench.server import Server, service_env
 
 WORKERS = {MEMORY: 1, FILE: 2, POSTGRES: 2}
 HOLD_TTL_SECONDS = "3600"  # no hold set up for a scenario expires during the run
@@ -47,19 +47,7 @@ class Bench:
         return Server(app=app, env=env, workers=workers, log_path=self.logs / f"{label}-{uuid.uuid4().hex[:6]}.log")
 
     def service(self, backend: str, url: str) -> Server:
-        env = {
-            "DATABASE_URL": url,
-            "ADMIN_TOKEN": self.admin_token,
-            "SEED_DEMO_DATA": "false",
-            "HOLD_TTL_SECONDS": HOLD_TTL_SECONDS,
-            # The scenarios' users hold and re-hold at will; the limits' SQL still runs on every hold.
-            "HOLD_MAX_ACTIVE_PER_USER": "10000",
-            "HOLD_REHOLD_COOLDOWN_SECONDS": "0",
-            # Limits high enough never to refuse, so every hold still pays for the check; no access log, as before.
-            "RATE_LIMIT_SIGNUPS": "1000000/minute",
-            "RATE_LIMIT_HOLDS": "1000000/minute",
-            "ACCESS_LOG": "false",
-        }
+        env = service_env(url, self.admin_token, HOLD_TTL_SECONDS)
         return self.server("main:app", WORKERS[backend], env, backend).start("/health")
 
     # the ceiling
