@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from db import normalise_url
 from main import create_app
 from tests.conftest import POSTGRES_DB, POSTGRES_URL, REQUIRE_POSTGRES, empty_postgres
 from tests.factories import ADMIN_TOKEN, assert_problem, isolated_settings, make_slot, make_user
-from tests.invariant import hold_claims, overlapping_claims, slots_with_two_live_claims
+from tests.invariant import Ledger, hold_claims, lifecycle_step, overlapping_claims, slots_with_two_live_claims
 from tests.race import http_racers
 from tests.server import seed_over_http
 
@@ -49,30 +49,6 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 # --- what the clients were told, and what the database must then hold ------------------------------
-
-
-@dataclass
-class Ledger:
-    """Every response the clients got: statuses, and the 2xx per hold in the order they came."""
-
-    statuses: Counter[int] = field(default_factory=Counter)
-    unavailable: list[tuple[float, int, str, str | None]] = field(
-        default_factory=list
-    )  # (t, status, code, Retry-After)
-    acknowledged: dict[str, list[tuple[str, dict[str, object]]]] = field(default_factory=lambda: defaultdict(list))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, action: str, response: httpx.Response, hold_id: str | None = None) -> None:
-        with self.lock:
-            self.statuses[response.status_code] += 1
-            if response.status_code >= 500:
-                code = response.json().get("code", "") if response.content else ""
-                self.unavailable.append(
-                    (time.monotonic(), response.status_code, code, response.headers.get("retry-after"))
-                )
-            elif response.status_code in (200, 201):
-                body = response.json()
-                self.acknowledged[hold_id or body["hold_id"]].append((action, body))
 
 
 def _client_loop(
@@ -87,21 +63,19 @@ def _client_loop(
     rng = random.Random(index)
     while not until.is_set():
         try:
-            response = client.post("/holds", json={"slot_id": rng.choice(slots)}, headers=headers)
-            ledger.record("hold", response)
-            if response.status_code != 201:
+            granted = lifecycle_step(
+                client,
+                rng,
+                slots,
+                headers,
+                ledger,
+                confirm_below=0.45,
+                release_below=0.8,
+                extend_below=0.9,
+                cancel_confirmed=0.8,
+            )
+            if not granted:
                 time.sleep(0.01)
-                continue
-            hold, roll = response.json()["hold_id"], rng.random()
-            if roll < 0.45:
-                confirmed = client.post(f"/holds/{hold}/confirm", headers=headers)
-                ledger.record("confirm", confirmed, hold)
-                if confirmed.status_code == 200 and rng.random() < 0.8:
-                    ledger.record("cancel", client.post(f"/holds/{hold}/cancel", headers=headers), hold)
-            elif roll < 0.8:
-                ledger.record("release", client.post(f"/holds/{hold}/release", headers=headers), hold)
-            elif roll < 0.9:
-                ledger.record("extend", client.post(f"/holds/{hold}/extend", headers=headers), hold)
         except httpx.TransportError:
             time.sleep(0.05)  # the server is gone (killed): whatever was in flight was never acknowledged
 

@@ -10,9 +10,9 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx2 as httpx
@@ -23,7 +23,7 @@ from db import normalise_url
 from models import Hold
 from tests.conftest import POSTGRES_DB
 from tests.factories import ADMIN_TOKEN
-from tests.invariant import hold_claims, overlapping_claims, slots_with_two_live_claims
+from tests.invariant import Ledger, hold_claims, lifecycle_step, overlapping_claims, slots_with_two_live_claims
 from tests.race import http_racers
 from tests.server import running_server, seed_over_http
 
@@ -62,42 +62,23 @@ def stress_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         engine.dispose()
 
 
-@dataclass
-class Ledger:
-    """What the clients were told, to hold the database to it afterwards."""
-
-    statuses: Counter[int] = field(default_factory=Counter)
-    acknowledged: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, action: str, response: httpx.Response, hold_id: str | None = None) -> None:
-        with self.lock:
-            self.statuses[response.status_code] += 1
-            if response.status_code in (200, 201):
-                self.acknowledged[action].add(hold_id or response.json()["hold_id"])
-
-
 def _client_loop(server: StressServer, index: int, deadline: float, ledger: Ledger, client: httpx.Client) -> None:
     rng, headers = random.Random(index), server.users[index]
     hot_slots = server.slots[:SLOTS]
     for _ in range(5000):
         if time.monotonic() > deadline:
             return
-        response = client.post("/holds", json={"slot_id": rng.choice(hot_slots)}, headers=headers)
-        ledger.record("hold", response)
-        if response.status_code != 201:
-            continue
-        hold, roll = response.json()["hold_id"], rng.random()
-        if roll < 0.35:
-            confirmed = client.post(f"/holds/{hold}/confirm", headers=headers)
-            ledger.record("confirm", confirmed, hold)
-            if confirmed.status_code == 200 and rng.random() < 0.8:
-                ledger.record("cancel", client.post(f"/holds/{hold}/cancel", headers=headers), hold)
-        elif roll < 0.7:
-            ledger.record("release", client.post(f"/holds/{hold}/release", headers=headers), hold)
-        elif roll < 0.8:
-            ledger.record("extend", client.post(f"/holds/{hold}/extend", headers=headers), hold)
-        # else: abandoned, left to expire lazily
+        lifecycle_step(
+            client,
+            rng,
+            hot_slots,
+            headers,
+            ledger,
+            confirm_below=0.35,
+            release_below=0.7,
+            extend_below=0.8,
+            cancel_confirmed=0.8,
+        )
 
 
 def test_four_workers_never_grant_two_live_claims(stress_server: StressServer) -> None:
@@ -143,10 +124,11 @@ def test_four_workers_never_grant_two_live_claims(stress_server: StressServer) -
         "cancel": {"CANCELLED"},
         "extend": {"HOLD", "EXPIRED"},
     }
-    for action, hold_ids in ledger.acknowledged.items():
+    acknowledged = ledger.holds_by_action()
+    for action, hold_ids in acknowledged.items():
         for hold_id in hold_ids:
             assert stored.get(hold_id) in expected_states[action], (action, hold_id, stored.get(hold_id))
-    assert all(extensions[hold_id] == 1 for hold_id in ledger.acknowledged["extend"])
+    assert all(extensions[hold_id] == 1 for hold_id in acknowledged["extend"])
 
 
 def test_fifty_concurrent_holds_on_a_slot_with_an_expired_hold_grant_exactly_one(stress_server: StressServer) -> None:
