@@ -1,9 +1,9 @@
-"""The OpenAPI document, as front-end teams' generators read it: problems, security, exact schemas.
+"""The OpenAPI document, as front-end teams' generators read it: problems, security, exact schemas, links.
 
 FastAPI builds the document from the routes; this finishes it: each error as the problem+json
 schema of its status with the codes the route declared (`errors.problems`), each operation's
-security as its dependencies enforce it, optional bodies as optional references, and integer
-bounds as integers.
+security as its dependencies enforce it, optional bodies as optional references, integer
+bounds as integers, and the links from one operation's response to the next (`LINKS`).
 """
 
 from collections.abc import Callable, Iterator
@@ -38,6 +38,53 @@ _SECURITY: list[tuple[Callable[..., Any], list[dict[str, list[str]]]]] = [
     # `{}`: anonymous callers are served too (every hold then reads HELD_BY_OTHER).
     (auth.get_viewer_id, [{}, {USER_TOKEN: []}]),
 ]
+
+
+# OpenAPI links: which value of a response the next operation takes, so a reader (and the
+# schemathesis stateful run, tests/test_schemathesis.py) can walk room → slot → hold →
+# confirm/release/extend → cancel with real ids. By operation and status: link name → Link object.
+_SLOT_ID = "$response.body#/id"
+_HOLD_ID = {"hold_id": "$response.body#/hold_id"}
+_HOLD_SLOT = {"slot_id": "$response.body#/slot_id"}
+LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("registerUser", "201"): {
+        "IssueUserToken": {"operationId": "issueUserToken", "parameters": {"user_id": "$response.body#/id"}},
+    },
+    ("createRoom", "201"): {
+        "GetRoom": {"operationId": "getRoom", "parameters": {"room_id": "$response.body#/id"}},
+        "CreateSlot": {"operationId": "createSlot", "parameters": {"room_id": "$response.body#/id"}},
+    },
+    ("createSlot", "201"): {
+        "HoldSlot": {"operationId": "createHold", "requestBody": {"slot_id": _SLOT_ID}},
+        "GetSlot": {"operationId": "getSlot", "parameters": {"slot_id": _SLOT_ID}},
+        "DeleteSlot": {"operationId": "deleteSlot", "parameters": {"slot_id": _SLOT_ID}},
+    },
+    ("listSlots", "200"): {
+        "HoldFirstSlot": {"operationId": "createHold", "requestBody": {"slot_id": "$response.body#/items/0/id"}},
+        "GetFirstSlot": {"operationId": "getSlot", "parameters": {"slot_id": "$response.body#/items/0/id"}},
+    },
+    ("getSlot", "200"): {
+        "HoldSlot": {"operationId": "createHold", "requestBody": {"slot_id": _SLOT_ID}},
+    },
+    ("createHold", "201"): {
+        "ConfirmHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
+        "ReleaseHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
+        "ExtendHold": {"operationId": "extendHold", "parameters": _HOLD_ID},
+        "GetHold": {"operationId": "getHold", "parameters": _HOLD_ID},
+        "GetHoldHistory": {"operationId": "getHoldHistory", "parameters": _HOLD_ID},
+    },
+    ("extendHold", "200"): {
+        "ConfirmHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
+        "ReleaseHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
+    },
+    ("confirmHold", "200"): {
+        "CancelHold": {"operationId": "cancelHold", "parameters": _HOLD_ID},
+        "GetHoldHistory": {"operationId": "getHoldHistory", "parameters": _HOLD_ID},
+    },
+    # Released or cancelled, the slot is free again: hold it once more.
+    ("releaseHold", "200"): {"HoldSlotAgain": {"operationId": "createHold", "requestBody": _HOLD_SLOT}},
+    ("cancelHold", "200"): {"HoldSlotAgain": {"operationId": "createHold", "requestBody": _HOLD_SLOT}},
+}
 
 
 def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -115,6 +162,9 @@ def _finish(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
             operation["security"] = _security(routes[method, path])
             _only_problem_json(operation)
             _optional_body_as_reference(operation)
+            for status, response in operation["responses"].items():
+                if links := LINKS.get((operation["operationId"], status)):
+                    response["links"] = links
     components = document.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
     components.setdefault("schemas", {}).update(_problem_schemas(document))
