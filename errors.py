@@ -388,7 +388,6 @@ _RETRY_AFTER = {
     "description": "Seconds to wait before retrying: 0 with TRANSACTION_CONFLICT, 1 with DATABASE_BUSY, "
     "5 with DATABASE_UNAVAILABLE, 60 when the database cannot write; with HOLD_COOLDOWN and "
     "RATE_LIMITED, until the wait is over",
-    "required": True,
     "schema": {"type": "integer", "minimum": 0},
 }
 # Response headers by status, and the codes that send them.
@@ -396,7 +395,7 @@ _HEADERS: dict[int, dict[str, tuple[frozenset[Code], dict[str, Any]]]] = {
     401: {
         "WWW-Authenticate": (
             frozenset({Code.MISSING_TOKEN, Code.INVALID_TOKEN}),
-            {"description": "The scheme to authenticate with", "required": True, "schema": {"const": "Bearer"}},
+            {"description": "The scheme to authenticate with", "schema": {"const": "Bearer"}},
         )
     },
     409: {"Retry-After": (frozenset({Code.TRANSACTION_CONFLICT, Code.HOLD_COOLDOWN}), _RETRY_AFTER)},
@@ -464,7 +463,13 @@ def problems(*codes: Code, database: bool = True) -> dict[int | str, dict[str, A
             "description": _DESCRIPTIONS.get(status, "Error"),
             "content": {PROBLEM_JSON: {"schema": variants[0] if len(variants) == 1 else {"oneOf": variants}}},
         }
-        headers = {name: header for name, (senders, header) in _HEADERS.get(status, {}).items() if senders & set(group)}
+        # A header is required only when every code of the status sends it: of a route's 409s, only
+        # TRANSACTION_CONFLICT and HOLD_COOLDOWN carry Retry-After.
+        headers = {
+            name: {**header, "required": set(group) <= senders}
+            for name, (senders, header) in _HEADERS.get(status, {}).items()
+            if senders & set(group)
+        }
         if headers:
             response["headers"] = headers
         responses[status] = response

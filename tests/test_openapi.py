@@ -213,6 +213,16 @@ def test_401_documents_www_authenticate_and_409_retry_after_where_sent(document:
             assert "Retry-After" in operation["responses"]["409"]["headers"], operation_id
 
 
+def test_a_header_is_required_only_where_every_code_of_the_status_sends_it(document: dict[str, Any]) -> None:
+    # Found by tests/test_schemathesis.py: a 409 HANDLE_TAKEN has no Retry-After, yet it was required.
+    operations = _operations(document)
+    for operation_id in ("registerUser", "createHold", "deleteSlot"):
+        assert operations[operation_id]["responses"]["409"]["headers"]["Retry-After"]["required"] is False
+    assert operations["createHold"]["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+    assert operations["getHealth"]["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    assert operations["createHold"]["responses"]["401"]["headers"]["WWW-Authenticate"]["required"] is True
+
+
 def test_create_hold_409_is_one_of_slot_unavailable_and_conflict(document: dict[str, Any]) -> None:
     variants = _problem_variants(_operations(document)["createHold"]["responses"]["409"])
     assert [(v["title"], v["allOf"][1]["properties"]["code"]["enum"]) for v in variants] == [
