@@ -73,6 +73,11 @@ LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "GetHold": {"operationId": "getHold", "parameters": _HOLD_ID},
         "GetHoldHistory": {"operationId": "getHoldHistory", "parameters": _HOLD_ID},
     },
+    # Refused because the caller already holds the slot: the 409 names that hold; go on with it.
+    ("createHold", "409"): {
+        "ConfirmOwnHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
+        "ReleaseOwnHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
+    },
     ("extendHold", "200"): {
         "ConfirmHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
         "ReleaseHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
