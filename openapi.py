@@ -1,9 +1,9 @@
-"""The OpenAPI document, as front-end teams' generators read it: problems, security, exact schemas.
+"""The OpenAPI document, as front-end teams' generators read it: problems, security, exact schemas, links.
 
 FastAPI builds the document from the routes; this finishes it: each error as the problem+json
 schema of its status with the codes the route declared (`problems`, below), each operation's
-security as its dependencies enforce it, optional bodies as optional references, and integer
-bounds as integers.
+security as its dependencies enforce it, optional bodies as optional references, integer
+bounds as integers, and the links from one operation's response to the next (`LINKS`).
 """
 
 from collections.abc import Callable, Iterator
@@ -38,7 +38,6 @@ _RETRY_AFTER = {
     "description": "Seconds to wait before retrying: 0 with TRANSACTION_CONFLICT, 1 with DATABASE_BUSY, "
     "5 with DATABASE_UNAVAILABLE, 60 when the database cannot write; with HOLD_COOLDOWN and "
     "RATE_LIMITED, until the wait is over",
-    "required": True,
     "schema": {"type": "integer", "minimum": 0},
 }
 # Response headers by status, and the codes that send them.
@@ -46,7 +45,7 @@ _HEADERS: dict[int, dict[str, tuple[frozenset[Code], dict[str, Any]]]] = {
     401: {
         "WWW-Authenticate": (
             frozenset({Code.MISSING_TOKEN, Code.INVALID_TOKEN}),
-            {"description": "The scheme to authenticate with", "required": True, "schema": {"const": "Bearer"}},
+            {"description": "The scheme to authenticate with", "schema": {"const": "Bearer"}},
         )
     },
     409: {"Retry-After": (frozenset({Code.TRANSACTION_CONFLICT, Code.HOLD_COOLDOWN}), _RETRY_AFTER)},
@@ -114,7 +113,13 @@ def problems(*codes: Code, database: bool = True) -> dict[int | str, dict[str, A
             "description": _DESCRIPTIONS.get(status, "Error"),
             "content": {PROBLEM_JSON: {"schema": variants[0] if len(variants) == 1 else {"oneOf": variants}}},
         }
-        headers = {name: header for name, (senders, header) in _HEADERS.get(status, {}).items() if senders & set(group)}
+        # A header is required only when every code of the status sends it: of a route's 409s, only
+        # TRANSACTION_CONFLICT and HOLD_COOLDOWN carry Retry-After.
+        headers = {
+            name: {**header, "required": set(group) <= senders}
+            for name, (senders, header) in _HEADERS.get(status, {}).items()
+            if senders & set(group)
+        }
         if headers:
             response["headers"] = headers
         responses[status] = response
@@ -142,6 +147,58 @@ _SECURITY: list[tuple[Callable[..., Any], list[dict[str, list[str]]]]] = [
     # `{}`: anonymous callers are served too (every hold then reads HELD_BY_OTHER).
     (auth.get_viewer_id, [{}, {USER_TOKEN: []}]),
 ]
+
+
+# OpenAPI links: which value of a response the next operation takes, so a reader (and the
+# schemathesis stateful run, tests/test_schemathesis.py) can walk room → slot → hold →
+# confirm/release/extend → cancel with real ids. By operation and status: link name → Link object.
+_SLOT_ID = "$response.body#/id"
+_HOLD_ID = {"hold_id": "$response.body#/hold_id"}
+_HOLD_SLOT = {"slot_id": "$response.body#/slot_id"}
+LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("registerUser", "201"): {
+        "IssueUserToken": {"operationId": "issueUserToken", "parameters": {"user_id": "$response.body#/id"}},
+    },
+    ("createRoom", "201"): {
+        "GetRoom": {"operationId": "getRoom", "parameters": {"room_id": "$response.body#/id"}},
+        "CreateSlot": {"operationId": "createSlot", "parameters": {"room_id": "$response.body#/id"}},
+    },
+    ("createSlot", "201"): {
+        "HoldSlot": {"operationId": "createHold", "requestBody": {"slot_id": _SLOT_ID}},
+        "GetSlot": {"operationId": "getSlot", "parameters": {"slot_id": _SLOT_ID}},
+        "DeleteSlot": {"operationId": "deleteSlot", "parameters": {"slot_id": _SLOT_ID}},
+    },
+    ("listSlots", "200"): {
+        "HoldFirstSlot": {"operationId": "createHold", "requestBody": {"slot_id": "$response.body#/items/0/id"}},
+        "GetFirstSlot": {"operationId": "getSlot", "parameters": {"slot_id": "$response.body#/items/0/id"}},
+    },
+    ("getSlot", "200"): {
+        "HoldSlot": {"operationId": "createHold", "requestBody": {"slot_id": _SLOT_ID}},
+    },
+    ("createHold", "201"): {
+        "ConfirmHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
+        "ReleaseHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
+        "ExtendHold": {"operationId": "extendHold", "parameters": _HOLD_ID},
+        "GetHold": {"operationId": "getHold", "parameters": _HOLD_ID},
+        "GetHoldHistory": {"operationId": "getHoldHistory", "parameters": _HOLD_ID},
+    },
+    # Refused because the caller already holds the slot: the 409 names that hold; go on with it.
+    ("createHold", "409"): {
+        "ConfirmOwnHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
+        "ReleaseOwnHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
+    },
+    ("extendHold", "200"): {
+        "ConfirmHold": {"operationId": "confirmHold", "parameters": _HOLD_ID},
+        "ReleaseHold": {"operationId": "releaseHold", "parameters": _HOLD_ID},
+    },
+    ("confirmHold", "200"): {
+        "CancelHold": {"operationId": "cancelHold", "parameters": _HOLD_ID},
+        "GetHoldHistory": {"operationId": "getHoldHistory", "parameters": _HOLD_ID},
+    },
+    # Released or cancelled, the slot is free again: hold it once more.
+    ("releaseHold", "200"): {"HoldSlotAgain": {"operationId": "createHold", "requestBody": _HOLD_SLOT}},
+    ("cancelHold", "200"): {"HoldSlotAgain": {"operationId": "createHold", "requestBody": _HOLD_SLOT}},
+}
 
 
 def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -219,6 +276,9 @@ def _finish(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
             operation["security"] = _security(routes[method, path])
             _only_problem_json(operation)
             _optional_body_as_reference(operation)
+            for status, response in operation["responses"].items():
+                if links := LINKS.get((operation["operationId"], status)):
+                    response["links"] = links
     components = document.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
     components.setdefault("schemas", {}).update(_problem_schemas(document))

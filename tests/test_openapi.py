@@ -13,6 +13,7 @@ from openapi_spec_validator import validate
 
 from errors import Code
 from main import create_app
+from openapi import LINKS
 from tests.factories import isolated_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +213,16 @@ def test_401_documents_www_authenticate_and_409_retry_after_where_sent(document:
             assert "Retry-After" in operation["responses"]["409"]["headers"], operation_id
 
 
+def test_a_header_is_required_only_where_every_code_of_the_status_sends_it(document: dict[str, Any]) -> None:
+    # Found by tests/test_schemathesis.py: a 409 HANDLE_TAKEN has no Retry-After, yet it was required.
+    operations = _operations(document)
+    for operation_id in ("registerUser", "createHold", "deleteSlot"):
+        assert operations[operation_id]["responses"]["409"]["headers"]["Retry-After"]["required"] is False
+    assert operations["createHold"]["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+    assert operations["getHealth"]["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+    assert operations["createHold"]["responses"]["401"]["headers"]["WWW-Authenticate"]["required"] is True
+
+
 def test_create_hold_409_is_one_of_slot_unavailable_and_conflict(document: dict[str, Any]) -> None:
     variants = _problem_variants(_operations(document)["createHold"]["responses"]["409"])
     assert [(v["title"], v["allOf"][1]["properties"]["code"]["enum"]) for v in variants] == [
@@ -296,3 +307,26 @@ def test_stream_is_documented_as_event_stream(document: dict[str, Any]) -> None:
     stream = _operations(document)["streamSlots"]
     assert "text/event-stream" in stream["responses"]["200"]["content"]
     assert any(p["name"] == "Last-Event-ID" and p["in"] == "header" for p in stream["parameters"])
+
+
+def test_links_walk_the_hold_lifecycle_with_real_parameters(document: dict[str, Any]) -> None:
+    operations = _operations(document)
+    found = {
+        (operation_id, status, name): link
+        for operation_id, operation in operations.items()
+        for status, response in operation["responses"].items()
+        for name, link in response.get("links", {}).items()
+    }
+    # Every link in the table is on a response the operation documents, and names parameters the target has.
+    assert {(op, status) for op, status, _ in found} == set(LINKS)
+    for (source, status, name), link in found.items():
+        target = operations[link["operationId"]]
+        names = {parameter["name"] for parameter in target.get("parameters", [])}
+        assert set(link.get("parameters", {})) <= names, (source, status, name)
+        if "requestBody" in link:
+            body = target["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+            assert set(link["requestBody"]) <= set(document["components"]["schemas"][body]["properties"])
+    # The lifecycle: a listed slot is held, the hold confirmed, the booking cancelled.
+    assert found["listSlots", "200", "HoldFirstSlot"]["requestBody"] == {"slot_id": "$response.body#/items/0/id"}
+    assert found["createHold", "201", "ConfirmHold"]["parameters"] == {"hold_id": "$response.body#/hold_id"}
+    assert found["confirmHold", "200", "CancelHold"]["operationId"] == "cancelHold"
