@@ -263,6 +263,15 @@ def _integer_bounds(node: Any) -> None:
             _integer_bounds(value)
 
 
+# On the success of an operation that takes an Idempotency-Key (idempotency.py).
+IDEMPOTENCY_HEADER, REPLAYED_HEADER = "Idempotency-Key", "Idempotent-Replayed"
+_REPLAYED = {
+    "description": "`true` when this is the stored response to an earlier request with the same Idempotency-Key",
+    "required": False,
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+
 def _finish(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
     # Included routers keep their routes behind a context that carries the prefix.
     routes = {
@@ -276,9 +285,12 @@ def _finish(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
             operation["security"] = _security(routes[method, path])
             _only_problem_json(operation)
             _optional_body_as_reference(operation)
+            replayable = any(p["name"] == IDEMPOTENCY_HEADER for p in operation.get("parameters", []))
             for status, response in operation["responses"].items():
                 if links := LINKS.get((operation["operationId"], status)):
                     response["links"] = links
+                if replayable and status.startswith("2"):
+                    response.setdefault("headers", {})[REPLAYED_HEADER] = _REPLAYED
     components = document.setdefault("components", {})
     components["securitySchemes"] = SECURITY_SCHEMES
     components.setdefault("schemas", {}).update(_problem_schemas(document))

@@ -330,3 +330,24 @@ def test_links_walk_the_hold_lifecycle_with_real_parameters(document: dict[str, 
     assert found["listSlots", "200", "HoldFirstSlot"]["requestBody"] == {"slot_id": "$response.body#/items/0/id"}
     assert found["createHold", "201", "ConfirmHold"]["parameters"] == {"hold_id": "$response.body#/hold_id"}
     assert found["confirmHold", "200", "CancelHold"]["operationId"] == "cancelHold"
+
+
+def test_idempotent_operations_document_the_key_and_the_replay_header(document: dict[str, Any]) -> None:
+    idempotent = {
+        "registerUser",
+        "issueUserToken",
+        "createRoom",
+        "createSlot",
+        "createHold",
+        "confirmHold",
+        "releaseHold",
+        "extendHold",
+        "cancelHold",
+    }
+    for operation_id, operation in _operations(document).items():
+        takes_key = any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in operation.get("parameters", []))
+        assert takes_key == (operation_id in idempotent), operation_id
+        if takes_key:
+            success = next(r for status, r in operation["responses"].items() if status.startswith("2"))
+            assert "Idempotent-Replayed" in success["headers"], operation_id
+            assert {"INVALID_IDEMPOTENCY_KEY"} <= _documented_codes(operation)["400"], operation_id
