@@ -1,6 +1,7 @@
 """Engine per backend, Database.run (a request's database call), transactions, schema and demo seed."""
 
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from alembic.config import Config
 from anyio import to_thread
 from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
@@ -75,7 +76,7 @@ class Database:
                 connect_args={"timeout": settings.sqlite_busy_timeout_seconds, "check_same_thread": False},
             )
             self._max_overflow = _SQLITE_FILE_POOL["max_overflow"]
-            _install_sqlite_hooks(self.engine, wal=True)
+            _install_sqlite_hooks(self.engine, wal=True, busy_timeout=settings.sqlite_busy_timeout_seconds)
         else:
             self._max_overflow = settings.db_max_overflow
             self.engine = create_engine(
@@ -179,7 +180,28 @@ def _postgres_timeouts(lock_seconds: float, statement_seconds: float) -> str:
     return f"-c lock_timeout={round(lock_seconds * 1000)} -c statement_timeout={round(statement_seconds * 1000)}"
 
 
-def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
+def _use_wal(cursor: DBAPICursor, busy_timeout: float) -> None:
+    """Put the file in WAL mode (once: the mode is stored in the file), waiting out other writers.
+
+    Switching the mode needs the file to itself, and SQLite answers "database is locked" at once
+    instead of waiting in its busy handler: workers starting together on a new file would fail
+    while one of them runs the migrations. So the mode is read first (an existing WAL file needs
+    nothing) and the switch retried until the busy timeout.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.0) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
@@ -187,7 +209,7 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         if wal:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor, busy_timeout)
             # FULL: a booking acknowledged to a client survives a power cut, not just a crash.
             cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()

@@ -69,3 +69,27 @@ def test_a_real_sqlite_write_lock_held_elsewhere_is_a_503_and_the_service_keeps_
             blocker.execute("ROLLBACK")
             blocker.close()
         assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
+
+
+def test_a_worker_starting_while_another_writes_a_new_sqlite_file_waits_instead_of_failing(tmp_path) -> None:
+    """Workers starting together on a new file: one migrates (holding the write lock) while the
+    others connect. Switching a file to WAL does not wait in SQLite's busy handler, so without the
+    service's own wait the others failed at start-up with "database is locked"."""
+    import threading
+
+    from db import Database
+
+    path = tmp_path / "new.db"
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # as a migrating worker would
+    blocker.execute("CREATE TABLE t (x)")
+    releaser = threading.Timer(0.5, blocker.commit)
+    releaser.start()
+    try:
+        db = Database(isolated_settings(database_url=f"sqlite:///{path}", sqlite_busy_timeout_seconds=5))
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        db.dispose()
+    finally:
+        releaser.join()
+        blocker.close()
