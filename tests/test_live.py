@@ -232,3 +232,46 @@ def test_stats_count_slots_by_status_for_a_room_and_day(client: TestClient) -> N
     assert (body["live_holds"], body["bookings"], body["open_streams"]) == (1, 1, 0)
     assert alice.id not in response.text
     assert client.get("/stats", params={"day": "not-a-day"}, headers=ADMIN).status_code == 422
+
+
+def test_a_process_reads_the_log_once_per_change_whatever_the_number_of_streams(
+    client: TestClient, monkeypatch: Any
+) -> None:
+    from tests.factories import make_hold, make_user
+
+    reads: list[int | None] = []
+    read_changes = live.read_changes
+
+    def counted(session: Any, after: int | None) -> live.Batch:
+        reads.append(after)
+        return read_changes(session, after)
+
+    monkeypatch.setattr(live, "read_changes", counted)
+    hub: live.Hub = client.app.state.hub  # type: ignore[attr-defined]
+    subscribers = [live.Subscriber() for _ in range(50)]
+    for subscriber in subscribers:
+        hub.subscribe(subscriber)
+    try:
+        alice = make_user(client)
+        slot = make_slot(client)
+        deadline = datetime.now(UTC) + timedelta(seconds=5)
+        while datetime.now(UTC) < deadline and not all(s.queue.qsize() for s in subscribers):
+            asyncio.run(asyncio.sleep(0.01))
+        seen = -1
+        while seen != len(reads):  # settled: the slot's own wake-ups (and NOTIFY echo) are read
+            seen = len(reads)
+            asyncio.run(asyncio.sleep(0.3))
+        before = len(reads)
+        make_hold(client, alice, slot)
+        while datetime.now(UTC) < deadline and len(reads) == before:
+            asyncio.run(asyncio.sleep(0.01))
+        asyncio.run(asyncio.sleep(0.2))  # time for any further (wrong) reads to happen
+    finally:
+        for subscriber in subscribers:
+            hub.unsubscribe(subscriber)
+    # One read for the hold (on PostgreSQL a second, finding nothing new, when the commit's own
+    # NOTIFY arrives after the local wake-up), never one per stream: 50 are open.
+    assert 1 <= len(reads) - before <= 2, reads
+    last = [list(s.queue._queue)[-1] for s in subscribers]
+    assert all(batch is last[0] for batch in last)  # every stream got the same batch
+    assert [change.slot_id for change in last[0].changes] == [uuid.UUID(slot)]
