@@ -232,6 +232,11 @@ def write_transaction(session: Session, *locks: Executable, **lock_params: objec
     run in order with `lock_params`) lock. A request that waited for a lock is then judged by the time it runs,
     not the time it arrived, and writes under one lock commit in the order of their timestamps.
     """
+    claim = session.info.get(IDEMPOTENCY_CLAIM)
+    if claim is not None and claim.written:
+        # One change per key: ending the open transaction here would commit the first change
+        # without its key. Refused before anything is committed.
+        raise RuntimeError("a request with an Idempotency-Key wrote twice")
     if session.in_transaction():
         # A read left open here would make SQLAlchemy ignore IMMEDIATE (the transaction has
         # begun), and a deferred transaction that read first fails with "database is locked"
@@ -247,8 +252,6 @@ def write_transaction(session: Session, *locks: Executable, **lock_params: objec
         now = utc_now()
         claim = session.info.get(IDEMPOTENCY_CLAIM)
         if claim is not None:
-            # One change per key: a second write would have committed the first without its key.
-            assert not claim.written, "a request with an Idempotency-Key wrote twice"
             claim.begin(session, now)
         yield now
         changelog.flush(session, now)  # the change log, in the change's own transaction

@@ -155,6 +155,10 @@ class Claim:
         replay = self.stored(session, now, ttl)
         if replay is not None:
             raise replay
+        # An expired row of this key is forgotten now, not when pruning reaches it: the key is free.
+        session.execute(
+            delete(_keys).where(_keys.c.scope == self.scope, _keys.c.key == self.key, _keys.c.created_date <= now - ttl)
+        )
 
     def finish(self, session: Session, status_code: int, body: str) -> None:
         """Store the response in the change's still-open transaction, and commit both."""
@@ -198,7 +202,10 @@ def _run(
             return _replayed(stored)
         except DomainError:
             # A twin that finished meanwhile may be why this one was refused (its hold now
-            # holds the slot): answer as the twin was answered.
+            # holds the slot): answer as the twin was answered. Anything this request wrote is
+            # rolled back first, so no read below commits it without its key.
+            if session.in_transaction():
+                session.rollback()
             with read_transaction(session) as now:
                 twin = claim.stored(session, now, ttl)
             if twin is None:

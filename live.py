@@ -28,12 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 import changelog
-from booking import HOLD, slot_rows, slot_view
+from booking import HOLD, slot_rows, slot_status, slot_view
 from config import Settings
 from db import Database, read_transaction
 from errors import Code, InvalidInput, NotFound
 from models import Hold, Room, SlotEvent, TimeSlot
-from schemas import SlotRead
+from schemas import SlotRead, SlotStatus
 
 log = logging.getLogger("booking.live")
 
@@ -72,6 +72,7 @@ class Change:
     row: Any
     # The frame for every caller but the claim's owner, made once per batch for all streams.
     _shared: bytes | None = field(default=None, repr=False)
+    _by_status: dict[SlotStatus, bytes] = field(default_factory=dict, repr=False)
 
     def frame(self, viewer_id: uuid.UUID | None, now: datetime) -> bytes:
         """This change as an SSE event for the caller: the slot as GET /slots/{id} shows it at `now`."""
@@ -81,9 +82,12 @@ class Change:
             return self._shared
         if viewer_id is not None and self.row.claim_user_id == viewer_id:
             return sse_frame("slot", self.position, render(self.row, viewer_id, now))
-        if self._shared is None:
-            self._shared = sse_frame("slot", self.position, render(self.row, None, now))
-        return self._shared
+        # Keyed by the status it shows: a stream that reaches this batch after the hold ended
+        # must send the slot free, not the frame an earlier stream made while it was held.
+        status = slot_status(self.row, None, now)
+        if status not in self._by_status:
+            self._by_status[status] = sse_frame("slot", self.position, render(self.row, None, now))
+        return self._by_status[status]
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,9 @@ def open_stream(session: Session, scope: Range, last_event_id: int | None) -> Op
         if last_event_id is None or not _resumable(session, last_event_id, position):
             return Opening(position, rows, None)
         resumed = _changes(session, now, last_event_id, position, scope)
+        if not _resumable(session, last_event_id, position):
+            # Pruned while it was read (PostgreSQL reads each statement afresh): a snapshot instead.
+            return Opening(position, rows, None)
         return Opening(position, rows, resumed, _lapsed_unwritten(session, now, scope))
 
 

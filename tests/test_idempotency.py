@@ -4,7 +4,7 @@ import hashlib
 import re
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2 as httpx
@@ -219,3 +219,16 @@ def test_twenty_concurrent_repeats_on_two_postgres_workers_make_one_change(postg
             assert {r.json()["code"] for r in responses if r.status_code == 409} <= {"IDEMPOTENCY_KEY_IN_USE"}
             holds = httpx.get(f"{base_url}/holds", headers=user).json()["items"]
             assert [h["hold_id"] for h in holds] == [created[0]["hold_id"]]
+
+
+def test_an_expired_key_is_free_for_a_new_request(client: TestClient) -> None:
+    alice = make_user(client)
+    with freeze_time("2030-01-01T12:00:00Z") as clock:
+        later = datetime(2030, 1, 5, 9, tzinfo=UTC)
+        first, second = make_slot(client, start=later), make_slot(client, start=later + timedelta(hours=2))
+        headers = {**alice.auth, **_key("reused-next-day")}
+        assert client.post("/holds", json={"slot_id": first}, headers=headers).status_code == 201
+        clock.tick(timedelta(days=1, seconds=1))
+        again = client.post("/holds", json={"slot_id": second}, headers=headers)
+    assert again.status_code == 201, again.text  # not 422 REUSED, not a unique-key 409
+    assert "Idempotent-Replayed" not in again.headers and again.json()["slot_id"] == second

@@ -275,3 +275,11 @@ def test_a_process_reads_the_log_once_per_change_whatever_the_number_of_streams(
     last = [list(s.queue._queue)[-1] for s in subscribers]
     assert all(batch is last[0] for batch in last)  # every stream got the same batch
     assert [change.slot_id for change in last[0].changes] == [uuid.UUID(slot)]
+
+
+def test_a_stream_that_reaches_a_change_after_the_hold_ended_sends_the_slot_free() -> None:
+    row = _row(until=NOW + timedelta(seconds=1))
+    change = live.Change(position=5, slot_id=row.id, room_id=row.room_id, starts_at=row.start_time, row=row)
+    early = change.frame(BOB, NOW)  # the first stream, while the hold is live
+    late = change.frame(None, NOW + timedelta(seconds=2))  # a stream held up past the hold's end
+    assert b"HELD_BY_OTHER" in early and b'"status":"AVAILABLE"' in late
