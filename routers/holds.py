@@ -83,13 +83,17 @@ async def list_holds(
     return json_response(page)
 
 
+# What reading one of the caller's holds (the hold, its history) can answer.
+_READ_OWN_HOLD = problems(
+    Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.HOLD_NOT_FOUND, Code.NOT_HOLD_OWNER, Code.VALIDATION_ERROR
+)
+
+
 @router.get(
     "/{hold_id}",
     response_model=HoldRead,
     operation_id="getHold",
-    responses=problems(
-        Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.HOLD_NOT_FOUND, Code.NOT_HOLD_OWNER, Code.VALIDATION_ERROR
-    ),
+    responses=_READ_OWN_HOLD,
 )
 async def get_hold(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, settings: SettingsDep) -> Response:
     """One of the caller's holds, with its status derived now."""
@@ -101,9 +105,7 @@ async def get_hold(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep, 
     "/{hold_id}/history",
     response_model=HoldHistory,
     operation_id="getHoldHistory",
-    responses=problems(
-        Code.MISSING_TOKEN, Code.INVALID_TOKEN, Code.HOLD_NOT_FOUND, Code.NOT_HOLD_OWNER, Code.VALIDATION_ERROR
-    ),
+    responses=_READ_OWN_HOLD,
 )
 async def hold_history(hold_id: uuid.UUID, user_id: CurrentUserId, db: DatabaseDep) -> Response:
     """The caller's hold's transitions with their times, oldest first (kept EVENT_RETENTION_SECONDS)."""

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from main import create_app
-from tests.browser import ZONE_INFO, BookingPage, chromium, new_user_token, seed_room, tomorrow_at
+from tests.browser import ZONE_INFO, BookingPage, Room, chromium, new_user_token, seed_room, tomorrow_at
 from tests.factories import ADMIN_TOKEN, isolated_settings
 from tests.server import running_server
 
@@ -99,6 +99,18 @@ def open_page(browser) -> Iterator[Callable[[str], BookingPage]]:  # type: ignor
     assert [error for page in pages for error in page.errors] == []
 
 
+def _two_users_on(
+    open_page: Callable[[str], BookingPage], base_url: str, room: Room
+) -> tuple[BookingPage, BookingPage]:
+    """Ann and Ben, each with a pasted token in their own browser, both looking at `room`."""
+    a, b = open_page(base_url), open_page(base_url)
+    a.paste_token(new_user_token(base_url, "Ann"))
+    b.paste_token(new_user_token(base_url, "Ben"))
+    a.choose(room)
+    b.choose(room)
+    return a, b
+
+
 def _local_time(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone(ZONE_INFO).strftime("%H:%M")
 
@@ -145,11 +157,7 @@ def test_release_shows_the_slot_free_in_the_other_users_grid(server, open_page) 
 
     room = seed_room(server, ADMIN_TOKEN, slots=3, start=tomorrow_at(14))
     slot = room.slot_ids[0]
-    a, b = open_page(server), open_page(server)
-    a.paste_token(new_user_token(server, "Ann"))
-    b.paste_token(new_user_token(server, "Ben"))
-    a.choose(room)
-    b.choose(room)
+    a, b = _two_users_on(open_page, server, room)
     a.slot(slot).click()
     expect(b.status(slot)).to_have_text(re.compile(r"^Held until "), timeout=LIVE_MS)
 
@@ -167,11 +175,7 @@ def test_lapsed_hold_shows_the_slot_free_to_both_users(short_ttl_server, open_pa
 
     room = seed_room(short_ttl_server, ADMIN_TOKEN, slots=2, start=tomorrow_at(9))
     slot = room.slot_ids[0]
-    a, b = open_page(short_ttl_server), open_page(short_ttl_server)
-    a.paste_token(new_user_token(short_ttl_server, "Ann"))
-    b.paste_token(new_user_token(short_ttl_server, "Ben"))
-    a.choose(room)
-    b.choose(room)
+    a, b = _two_users_on(open_page, short_ttl_server, room)
 
     a.slot(slot).click()
     expect(a.hold_card(slot).locator(".countdown")).to_have_text(re.compile(r"^0:0[0-3] left"))
@@ -192,11 +196,7 @@ def test_click_on_a_slot_held_by_another_user_shows_the_409_as_a_sentence(server
 
     room = seed_room(server, ADMIN_TOKEN, slots=2, start=tomorrow_at(16))
     slot = room.slot_ids[1]
-    a, b = open_page(server), open_page(server)
-    a.paste_token(new_user_token(server, "Ann"))
-    b.paste_token(new_user_token(server, "Ben"))
-    a.choose(room)
-    b.choose(room)
+    a, b = _two_users_on(open_page, server, room)
     a.slot(slot).click()
     expect(a.status(slot)).to_have_text(re.compile("^Held by you"))
     expires_at = a.hold_card(slot).locator(".countdown").get_attribute("data-expires-at")
