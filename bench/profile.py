@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from bench import loadgen
+from bench import flamegraph, loadgen
 from bench.record import CHURN, FILE, HOT, LISTING, MEMORY, POSTGRES, RESULTS
 from bench.run import git_commit, parse_args
 from bench.seed import engine_for, insert_history
@@ -35,7 +35,7 @@ from bench.suite import WORKERS, Bench
 # py-spy's raw frames read "function (path/relative/to/sys.path.py:line)". A sample's layer is the
 # first one its stack matches, from the innermost frame outwards.
 APP_FILES = (*(f"({p.name}:" for p in ROOT.glob("*.py")), "(routers/")
-WAITING = ("Condition.wait (", "Queue.get (", "Event.wait (", "Connection._recv (", "wait_conn (")
+WAITING = flamegraph.WAITING
 LAYERS = (
     ("database: driver call (SQLite runs in-process; PostgreSQL round trip)", ("do_execute (", "_execute_send (")),
     ("SQLAlchemy: statement cache, compile, ORM rows and objects, pool", ("(sqlalchemy/",)),
@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(dump))
         if not a.dump:
             print(f"raw stacks: {', '.join(str(p) for p in raw_files)}")
+            svg = a.out / f"{tag}.svg"
+            title = f"{a.scenario}, {a.backend}, {fig.rps} req/s under py-spy, commit {git_commit()}"
+            flamegraph.main([str(svg), *(str(p) for p in raw_files if p.exists()), "--title", title])
+            print(f"flame graph: {svg}")
         if a.explain and a.backend != MEMORY:
             print(explain_listing(url, pool))
     finally:
