@@ -17,7 +17,7 @@ from pathlib import Path
 # Innermost frames of a thread that waits (for work, a lock or a connection): not busy time.
 WAITING = ("Condition.wait (", "Queue.get (", "Event.wait (", "Connection._recv (", "wait_conn (")
 
-WIDTH, ROW, FONT, MIN_PX = 1400, 17, 11, 0.3
+WIDTH, ROW, FONT, MIN_PX = 1400, 17, 11, 1.0
 
 
 class Node:
