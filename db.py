@@ -18,9 +18,9 @@ from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
-from sqlalchemy.sql import Executable
 
 import changelog
+import rawsql
 from clock import utc_now
 from config import Settings
 from models import Base, Room, ServiceSecret, TimeSlot, User
@@ -224,7 +224,7 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
 
 
 @contextmanager
-def write_transaction(session: Session, *locks: Executable, **lock_params: object) -> Iterator[datetime]:
+def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params: object) -> Iterator[datetime]:
     """Run the block as one write transaction and yield the time its decisions are judged at.
 
     The clock is read only once this writer holds the locks that decide: on SQLite the write
@@ -248,7 +248,7 @@ def write_transaction(session: Session, *locks: Executable, **lock_params: objec
             # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
             # otherwise be taken by the statements below, after the clock was read.
             for lock in locks:
-                connection.execute(lock, lock_params)
+                rawsql.execute(connection, lock, lock_params)
         now = utc_now()
         claim = session.info.get(IDEMPOTENCY_CLAIM)
         if claim is not None:

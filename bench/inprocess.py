@@ -23,7 +23,7 @@ REPEATS = 7
 
 
 def main() -> None:
-    settings = Settings(seed_demo_data=False, admin_token="x" * 20)
+    settings = Settings(seed_demo_data=False, admin_token="x" * 20, hold_rehold_cooldown_seconds=0)
     db = Database(settings)
     prepare_schema(db)
     with Session(db.engine, expire_on_commit=False) as session:

@@ -66,7 +66,7 @@ def test_claiming_a_slot_reads_only_indexes_for_the_live_claim_the_cap_and_the_c
         "p_max_active": 4,
         "p_cooldown_since": NOW,
     }
-    plan = _plan(explaining_engine, _INSERT_HOLD, params)
+    plan = _plan(explaining_engine, _INSERT_HOLD.statement, params)
     assert "USING INDEX uq_holds_active_slot" in plan, plan  # the live claim
     assert "USING INDEX ix_holds_user_id_expires_at" in plan, plan  # the user's live holds, not their history
     assert "USING INDEX ix_holds_slot_id_user_id" in plan, plan  # the user's past claims on this slot
