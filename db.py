@@ -12,7 +12,7 @@ from typing import TypeVar
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
-from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.exc import IntegrityError
@@ -201,6 +201,9 @@ def _use_wal(cursor: DBAPICursor, busy_timeout: float) -> None:
             time.sleep(0.05)
 
 
+_SQLITE_BEGIN = {mode: rawsql.Statement(text(f"BEGIN {mode}")) for mode in ("DEFERRED", "IMMEDIATE")}
+
+
 def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.0) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -218,9 +221,10 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
     def _on_begin(conn: Connection) -> None:
         # BEGIN IMMEDIATE for writers: a deferred transaction that later upgrades to a writer
         # fails at once with "database is locked" when another process wrote meanwhile.
-        # Through SQLAlchemy, not the driver: a lock timeout here must arrive as a DBAPIError
-        # (503 DATABASE_BUSY), and "begin" hooks run outside SQLAlchemy's error translation.
-        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
+        # Through rawsql, which translates driver errors as SQLAlchemy does: a lock timeout here
+        # must arrive as a DBAPIError (503 DATABASE_BUSY), and "begin" hooks run outside
+        # SQLAlchemy's own translation.
+        rawsql.execute(conn, _SQLITE_BEGIN[conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")], {})
 
 
 @contextmanager
