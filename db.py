@@ -167,7 +167,12 @@ class Database:
         return await to_thread.run_sync(self._run, work)
 
     def _run(self, work: Callable[[Session], T]) -> T:
-        with Session(self.engine, expire_on_commit=False, info={changelog.RETENTION: self.event_retention}) as session:
+        # One pooled connection for the whole unit of work, not one checkout (and reset) per
+        # transaction: a hold's refusal read and its write are two transactions.
+        with (
+            self.engine.connect() as connection,
+            Session(connection, expire_on_commit=False, info={changelog.RETENTION: self.event_retention}) as session,
+        ):
             try:
                 return work(session)
             finally:
@@ -247,6 +252,9 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
         # when another process writes before it does. End it so this one begins as a writer.
         session.commit()
     connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+    # The option has done its work (the transaction has begun); on a connection that serves
+    # the request's later transactions too (Database._run), those begin as readers again.
+    connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
     try:
         if locks and connection.dialect.name == "postgresql":
             # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
