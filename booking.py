@@ -64,6 +64,7 @@ from schemas import (
     HoldHistory,
     HoldPage,
     HoldRead,
+    HoldReadFields,
     HoldStatus,
     SlotCounts,
     SlotPage,
@@ -143,20 +144,25 @@ def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
     return Hold.status == status
 
 
+def hold_fields(hold: HoldFields, now: datetime, settings: Settings) -> HoldReadFields:
+    """A hold row as the API shows it, its status derived at `now` (encoded as is by the hold routes)."""
+    return {
+        "hold_id": hold.id,
+        "slot_id": hold.slot_id,
+        "user_id": hold.user_id,
+        "status": hold_status(hold, now),
+        "expires_at": hold.expires_at,
+        "confirmed_at": hold.confirmed_at,
+        "extensions_used": hold.extension_count,
+        "extensions_left": max(settings.hold_max_extensions - hold.extension_count, 0),
+        "created_date": hold.created_date,
+        "last_updated_date": hold.last_updated_date,
+    }
+
+
 def hold_read(hold: HoldFields, now: datetime, settings: Settings) -> HoldRead:
-    """Render a hold row for the API, its status derived at `now`."""
-    return HoldRead(
-        hold_id=hold.id,
-        slot_id=hold.slot_id,
-        user_id=hold.user_id,
-        status=hold_status(hold, now),
-        expires_at=hold.expires_at,
-        confirmed_at=hold.confirmed_at,
-        extensions_used=hold.extension_count,
-        extensions_left=max(settings.hold_max_extensions - hold.extension_count, 0),
-        created_date=hold.created_date,
-        last_updated_date=hold.last_updated_date,
-    )
+    """Render a hold row for the API as a model (inside a page), its status derived at `now`."""
+    return HoldRead(**hold_fields(hold, now, settings))
 
 
 # --- the statements that write holds, built once -------------------------------------------------
@@ -285,7 +291,7 @@ def _write_holds(
 # --- the lifecycle -------------------------------------------------------------------------------
 
 
-def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
     # A slot that is plainly taken is refused from a read, so the contention path (a hundred
     # clicks on one slot) never queues for the write lock. The read only refuses: it saw a
@@ -316,7 +322,7 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
         # slot was deleted under us: report the state as it is now.
         with read_transaction(session) as now:
             _explain_refused_claim(session, slot_id, user_id, now, settings)
-    return hold_read(hold, now, settings)
+    return hold_fields(hold, now, settings)
 
 
 @cache
@@ -431,7 +437,7 @@ class _Transition:
     explain: Callable[[HoldFields, datetime, Settings], None]
     params: Callable[[datetime, Settings], dict[str, object]] = field(default=_no_params)
 
-    def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
         """Write the action, else explain why not; return the hold as it now is."""
         with write_transaction(session, _LOCK_SLOT_THEN_HOLD, p_hold_id=hold_id) as now:
             params = self.params(now, settings)
@@ -441,7 +447,7 @@ class _Transition:
             if hold is None:
                 hold = _owned_hold(session, hold_id, user_id)
                 self.explain(hold, now, settings)
-        return hold_read(hold, now, settings)
+        return hold_fields(hold, now, settings)
 
 
 def _why_not_confirmed(hold: HoldFields, now: datetime, settings: Settings) -> None:
@@ -514,27 +520,29 @@ _CANCEL = _Transition(
 class HoldTransition(Protocol):
     """confirm_hold, release_hold, extend_hold and cancel_booking: one owner's action on one hold."""
 
-    def __call__(self, session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    def __call__(
+        self, session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings
+    ) -> HoldReadFields:
         """Apply the action; return the hold as it now is."""
         ...
 
 
-def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Turn the caller's live hold into a booking; confirming a booking again returns it."""
     return _CONFIRM.apply(session, hold_id, user_id, settings)
 
 
-def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Give the caller's live hold back; releasing it again returns it."""
     return _RELEASE.apply(session, hold_id, user_id, settings)
 
 
-def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
     return _EXTEND.apply(session, hold_id, user_id, settings)
 
 
-def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
     return _CANCEL.apply(session, hold_id, user_id, settings)
 
@@ -557,10 +565,10 @@ def hold_history(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID) ->
     return HoldHistory(hold_id=hold_id, items=items)
 
 
-def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """One of the caller's holds, its status derived now."""
     with read_transaction(session) as now:
-        return hold_read(_owned_hold(session, hold_id, user_id), now, settings)
+        return hold_fields(_owned_hold(session, hold_id, user_id), now, settings)
 
 
 def list_holds(

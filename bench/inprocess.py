@@ -45,13 +45,13 @@ def main() -> None:
         me = db._run(lambda s: auth.TokenCache().user_id(s, token))  # a fresh cache: the lookup runs every time
         assert me is not None
         hold = db._run(lambda s: booking.create_hold(s, slot_id=slots[i % len(slots)], user_id=me, settings=settings))
-        db._run(lambda s: booking.release_hold(s, hold_id=hold.hold_id, user_id=me, settings=settings))
+        db._run(lambda s: booking.release_hold(s, hold_id=hold["hold_id"], user_id=me, settings=settings))
 
     def hold_release(i: int) -> None:
         hold = db._run(
             lambda s: booking.create_hold(s, slot_id=slots[i % len(slots)], user_id=user.id, settings=settings)
         )
-        db._run(lambda s: booking.release_hold(s, hold_id=hold.hold_id, user_id=user.id, settings=settings))
+        db._run(lambda s: booking.release_hold(s, hold_id=hold["hold_id"], user_id=user.id, settings=settings))
 
     def listing(_: int) -> None:
         page = db._run(
