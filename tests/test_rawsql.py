@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
-from sqlalchemy import Engine, Uuid, create_engine, select
+from sqlalchemy import Engine, Uuid, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import booking
 import rawsql
-from db import create_schema, write_transaction
+from db import write_transaction
 from models import Hold, HoldStatusString, SlotEvent, UTCDateTime, stored_form
 from schemas import HoldStatus
 from tests.factories import make_slot, make_user
@@ -76,32 +76,6 @@ def test_the_sql_run_below_the_orm_is_the_sql_sqlalchemy_runs(dialect_name: str)
         assert statement.compiled(dialect).sql == str(statement.statement.compile(dialect=dialect))
     # The literal partial-index predicate survives compilation as literal SQL.
     assert "status IN ('HOLD', 'CONFIRMED')" in booking._INSERT_HOLD.compiled(dialect).sql
-
-
-def test_the_claim_run_below_the_orm_reads_only_indexes() -> None:
-    # The plan of the very text and arguments the raw path sends, not of a recompilation.
-    engine = create_engine("sqlite://")
-    create_schema(engine)
-    compiled = booking._INSERT_HOLD.compiled(engine.dialect)
-    params = {
-        "p_hold_id": uuid.uuid4(),
-        "p_slot_id": uuid.uuid4(),
-        "p_user_id": uuid.uuid4(),
-        "p_now": NOW,
-        "p_expires_at": NOW,
-        "p_max_active": 4,
-        "p_cooldown_since": NOW,
-    }
-    with engine.connect() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        plan = "\n".join(
-            row[-1] for row in cursor.execute("EXPLAIN QUERY PLAN " + compiled.sql, compiled.arguments(params))
-        )
-    engine.dispose()
-    assert "USING INDEX uq_holds_active_slot" in plan, plan
-    assert "USING INDEX ix_holds_user_id_expires_at" in plan, plan
-    assert "USING INDEX ix_holds_slot_id_user_id" in plan, plan
-    assert [line for line in plan.splitlines() if line.startswith("SCAN") and line != "SCAN CONSTANT ROW"] == [], plan
 
 
 def test_holds_written_below_the_orm_read_back_through_it_and_the_other_way(client: TestClient) -> None:
