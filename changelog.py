@@ -121,15 +121,16 @@ def flush(session: Session, now: datetime) -> None:
     if not pending:
         return
     connection = session.connection()
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
-        rawsql.execute(connection, _APPEND_LOCK, {})
-    rawsql.execute_many(connection, _INSERT, [{**event, "occurred_at": now} for event in pending])
     retention: timedelta = session.info.get(RETENTION, DEFAULT_RETENTION)
-    rawsql.execute(connection, _PRUNE, {"cutoff": now - retention})
-    if postgres:
-        # Delivered at COMMIT, to every worker and host listening; only a wake-up, the log is the truth.
-        rawsql.execute(connection, _NOTIFY, {})
+    steps: list[rawsql.Step] = [
+        (_INSERT, [{**event, "occurred_at": now} for event in pending]),
+        (_PRUNE, {"cutoff": now - retention}),
+    ]
+    if connection.dialect.name == "postgresql":
+        # The lock first, the wake-up last: delivered at COMMIT, to every worker and host
+        # listening; only a wake-up, the log is the truth.
+        steps = [(_APPEND_LOCK, {}), *steps, (_NOTIFY, {})]
+    rawsql.execute_batch(connection, steps)  # one round trip on PostgreSQL
     session.info[WRITTEN] = True
 
 

@@ -15,7 +15,8 @@ what they would see through `Connection.execute`.
 """
 
 from collections import namedtuple
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -121,14 +122,33 @@ def first(connection: Connection, statement: Statement, params: Mapping[str, obj
     return rows[0] if rows else None
 
 
-def execute_many(connection: Connection, statement: Statement, param_sets: Iterable[Mapping[str, object]]) -> None:
-    """Run a `many=True` statement once per parameter set, in one driver call."""
-    compiled = statement.compiled(connection.dialect)
-    arguments: list[Any] = [compiled.arguments(params) for params in param_sets]
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+Step = tuple[Statement, Mapping[str, object] | Sequence[Mapping[str, object]]]
+"""A statement and its parameters (a list of parameter sets for a `many=True` statement)."""
+
+
+def execute_batch(connection: Connection, steps: Sequence[Step]) -> None:
+    """Run statements whose rows nobody reads, in order, in the open transaction.
+
+    On PostgreSQL they go in one psycopg pipeline: sent together, one round trip instead of
+    one each; the server still runs them one after the other, in this order. A failure in any
+    of them is raised, translated, once the pipeline is synced.
+    """
+    dialect = connection.dialect
+    calls: list[tuple[str, Any, bool]] = []
+    for statement, params in steps:
+        compiled = statement.compiled(dialect)
+        if isinstance(params, Mapping):
+            calls.append((compiled.sql, compiled.arguments(params), False))
+        else:
+            calls.append((compiled.sql, [compiled.arguments(one) for one in params], True))
+    dbapi_connection = connection.connection.dbapi_connection
+    pipeline = getattr(dbapi_connection, "pipeline", None)  # psycopg's; SQLite runs in-process anyway
+    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.executemany(compiled.sql, arguments)
-    except connection.dialect.loaded_dbapi.Error as exc:
-        connection._handle_dbapi_exception(exc, compiled.sql, arguments, cursor, None)
+        with pipeline() if pipeline is not None else nullcontext():
+            for sql, arguments, many in calls:
+                (cursor.executemany if many else cursor.execute)(sql, arguments)
+    except dialect.loaded_dbapi.Error as exc:
+        connection._handle_dbapi_exception(exc, ";\n".join(sql for sql, _, _ in calls), None, cursor, None)
     finally:
         cursor.close()

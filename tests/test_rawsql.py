@@ -4,6 +4,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
@@ -15,9 +16,11 @@ from sqlalchemy.orm import Session
 import booking
 import rawsql
 from db import write_transaction
+from main import create_app
 from models import Hold, HoldStatusString, SlotEvent, UTCDateTime, stored_form
 from schemas import HoldStatus
-from tests.factories import make_slot, make_user
+from tests.conftest import POSTGRES_URL, empty_postgres
+from tests.factories import assert_problem, isolated_settings, make_slot, make_user
 
 DIALECTS = {"sqlite": sqlite.dialect(), "postgresql": postgresql.psycopg.dialect()}  # type: ignore[attr-defined]
 NOW = datetime(2030, 1, 1, 9, 30, tzinfo=UTC)
@@ -129,3 +132,22 @@ def test_a_driver_error_below_the_orm_arrives_as_sqlalchemy_s_error(client: Test
             max_active=100,
             cooldown_since=now,
         )
+
+
+def test_a_lock_timeout_in_the_change_log_s_pipeline_is_a_503_and_commits_nothing(postgres_engine: Engine) -> None:
+    # The append lock, the events, the prune and the wake-up go in one psycopg pipeline: a
+    # failure inside it must still arrive as SQLAlchemy's error (503 DATABASE_BUSY), and roll back.
+    empty_postgres(postgres_engine)
+    settings = isolated_settings(database_url=POSTGRES_URL, db_lock_timeout_seconds=1)
+    with TestClient(create_app(settings)) as client:
+        alice, slot = make_user(client), make_slot(client)
+        blocker = psycopg.connect(POSTGRES_URL)
+        blocker.execute("SELECT pg_advisory_xact_lock(7240002)")  # changelog's append lock, held
+        try:
+            response = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert_problem(response, 503, "DATABASE_BUSY")
+        assert client.get(f"/slots/{slot}").json()["status"] == "AVAILABLE"
+        assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
