@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from math import ceil
 from typing import Any, NoReturn, Protocol
 
@@ -19,12 +19,9 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import (
     Column,
     ColumnElement,
-    Delete,
-    Insert,
     Row,
     Select,
     Table,
-    Update,
     Uuid,
     and_,
     bindparam,
@@ -45,6 +42,7 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.sql.selectable import ScalarSelect
 
 import changelog
+import rawsql
 from config import Settings
 from db import read_transaction, write_transaction
 from errors import (
@@ -66,6 +64,7 @@ from schemas import (
     HoldHistory,
     HoldPage,
     HoldRead,
+    HoldReadFields,
     HoldStatus,
     SlotCounts,
     SlotPage,
@@ -145,25 +144,30 @@ def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
     return Hold.status == status
 
 
+def hold_fields(hold: HoldFields, now: datetime, settings: Settings) -> HoldReadFields:
+    """A hold row as the API shows it, its status derived at `now` (encoded as is by the hold routes)."""
+    return {
+        "hold_id": hold.id,
+        "slot_id": hold.slot_id,
+        "user_id": hold.user_id,
+        "status": hold_status(hold, now),
+        "expires_at": hold.expires_at,
+        "confirmed_at": hold.confirmed_at,
+        "extensions_used": hold.extension_count,
+        "extensions_left": max(settings.hold_max_extensions - hold.extension_count, 0),
+        "created_date": hold.created_date,
+        "last_updated_date": hold.last_updated_date,
+    }
+
+
 def hold_read(hold: HoldFields, now: datetime, settings: Settings) -> HoldRead:
-    """Render a hold row for the API, its status derived at `now`."""
-    return HoldRead(
-        hold_id=hold.id,
-        slot_id=hold.slot_id,
-        user_id=hold.user_id,
-        status=hold_status(hold, now),
-        expires_at=hold.expires_at,
-        confirmed_at=hold.confirmed_at,
-        extensions_used=hold.extension_count,
-        extensions_left=max(settings.hold_max_extensions - hold.extension_count, 0),
-        created_date=hold.created_date,
-        last_updated_date=hold.last_updated_date,
-    )
+    """Render a hold row for the API as a model (inside a page), its status derived at `now`."""
+    return HoldRead(**hold_fields(hold, now, settings))
 
 
 # --- the statements that write holds, built once -------------------------------------------------
-# Each is built at import with named parameters: SQLAlchemy then reuses its compiled form and
-# memoised cache key instead of rebuilding the expression tree on every request.
+# Each is built at import with named parameters and run below the ORM (rawsql.py): compiled once
+# per dialect, executed on the transaction's driver connection.
 
 _NOW = bindparam("p_now", type_=UTCDateTime)
 _HOLD_ID = bindparam("p_hold_id", type_=Uuid)
@@ -199,7 +203,7 @@ def _recent_claim_by(
 # INSERT … SELECT … WHERE the slot is open and has no live claim, the user is under the cap and
 # not in a cooldown on this slot; RETURNING is empty when refused (RETURNING, not rowcount:
 # psycopg 3.3 resets rowcount when SQLAlchemy closes the cursor).
-_INSERT_HOLD = (
+_INSERT_HOLD = rawsql.Statement(
     insert(_holds)
     .from_select(
         ["id", "slot_id", "user_id", "status", "expires_at", "extension_count", "created_date", "last_updated_date"],
@@ -226,7 +230,7 @@ _INSERT_HOLD = (
 
 # The unique index predicate cannot mention the time, so a hold that lapsed still occupies the
 # slot's index entry until it is marked EXPIRED, in the same transaction as a new claim.
-_RETIRE_EXPIRED = (
+_RETIRE_EXPIRED = rawsql.Statement(
     update(_holds)
     .where(_holds.c.slot_id == _SLOT_ID, _is_active(_holds.c), _holds.c.status == HOLD, _holds.c.expires_at <= _NOW)
     .values(status=EXPIRED, last_updated_date=_NOW)
@@ -234,9 +238,9 @@ _RETIRE_EXPIRED = (
 )
 
 
-def _transition_statement(*rule: ColumnElement[bool], **values: object) -> Update:
+def _transition_statement(*rule: ColumnElement[bool], **values: object) -> rawsql.Statement:
     """A conditional UPDATE of one hold, by its owner, under `rule`, judged at p_now."""
-    return (
+    return rawsql.Statement(
         update(_holds)
         .where(_holds.c.id == _HOLD_ID, _holds.c.user_id == _USER_ID, *rule)
         .values(**values, last_updated_date=_NOW)
@@ -249,10 +253,12 @@ def _transition_statement(*rule: ColumnElement[bool], **values: object) -> Updat
 # that queued behind another on the same slot judges expiry by the time it runs, and one slot's
 # writes commit in the order of their timestamps, as under SQLite's write lock.
 # FOR NO KEY UPDATE: it queues writers of the slot, but not the foreign-key checks of new holds.
-_LOCK_SLOT = select(_time_slots.c.id).where(_time_slots.c.id == _SLOT_ID).with_for_update(key_share=True)
+_LOCK_SLOT = rawsql.Statement(
+    select(_time_slots.c.id).where(_time_slots.c.id == _SLOT_ID).with_for_update(key_share=True)
+)
 # A new hold then locks its user's row: two holds of one user cannot both hold it (the cap).
-_LOCK_USER = select(_users.c.id).where(_users.c.id == _USER_ID).with_for_update(key_share=True)
-_LOCK_SLOT_THEN_HOLD = (
+_LOCK_USER = rawsql.Statement(select(_users.c.id).where(_users.c.id == _USER_ID).with_for_update(key_share=True))
+_LOCK_SLOT_THEN_HOLD = rawsql.Statement(
     select(_holds.c.id)
     .where(
         _holds.c.id == _HOLD_ID,
@@ -266,18 +272,17 @@ _LOCK_SLOT_THEN_HOLD = (
 )
 
 # Deleting a slot takes its history of dead holds with it.
-_DELETE_DEAD_HOLDS = delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c))
+_DELETE_DEAD_HOLDS = rawsql.Statement(delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c)))
 
 
 def _write_holds(
-    session: Session, statement: Insert | Update | Delete, event: EventKind | None, **params: object
-) -> Row[Any] | None:
+    session: Session, statement: rawsql.Statement, event: EventKind | None, **params: object
+) -> rawsql.Record | None:
     """The one place a hold row is written: run one prebuilt statement, log the change as `event`, return the row.
 
     `event` is None only for deleting a slot's dead holds, logged once as the slot's SLOT_DELETED.
     """
-    result = session.connection().execute(statement, {f"p_{name}": value for name, value in params.items()})
-    hold = result.first() if result.returns_rows else None
+    hold = rawsql.first(session.connection(), statement, {f"p_{name}": value for name, value in params.items()})
     if hold is not None and event is not None:
         changelog.record_hold(session, event, hold)
     return hold
@@ -286,7 +291,7 @@ def _write_holds(
 # --- the lifecycle -------------------------------------------------------------------------------
 
 
-def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
     # A slot that is plainly taken is refused from a read, so the contention path (a hundred
     # clicks on one slot) never queues for the write lock. The read only refuses: it saw a
@@ -317,18 +322,23 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
         # slot was deleted under us: report the state as it is now.
         with read_transaction(session) as now:
             _explain_refused_claim(session, slot_id, user_id, now, settings)
-    return hold_read(hold, now, settings)
+    return hold_fields(hold, now, settings)
+
+
+@cache
+def _one_slot_statement(viewer: bool) -> rawsql.Statement:
+    return rawsql.Statement(_slot_query(viewer=viewer, one=True))
 
 
 def _slot_and_claim(
     session: Session, slot_id: uuid.UUID, now: datetime, viewer_id: uuid.UUID | None = None
-) -> Row[Any] | None:
+) -> rawsql.Record | None:
     """The slot's row with its live claim at `now` (claim_* columns None when free); None if no slot."""
     params = {"p_now": now, "p_slot_id": slot_id, "p_viewer": viewer_id}
-    return session.connection().execute(_slot_query(viewer=viewer_id is not None, one=True), params).first()
+    return rawsql.first(session.connection(), _one_slot_statement(viewer_id is not None), params)
 
 
-def _refuse_if_claimed(slot: Row[Any] | None, user_id: uuid.UUID, now: datetime) -> None:
+def _refuse_if_claimed(slot: rawsql.Record | None, user_id: uuid.UUID, now: datetime) -> None:
     """404 for no slot, 409 when it has started or has a live claim (saying whose, and until when)."""
     if slot is None:
         raise NotFound(Code.SLOT_NOT_FOUND, "No slot has this id.")
@@ -390,11 +400,11 @@ _LAST_CLAIM_END = select(
 
 
 # One hold by id, as plain columns (hold_read reads rows and ORM objects alike).
-_HOLD_BY_ID = select(_holds).where(_holds.c.id == _HOLD_ID)
+_HOLD_BY_ID = rawsql.Statement(select(_holds).where(_holds.c.id == _HOLD_ID))
 
 
-def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any]:
-    hold = session.connection().execute(_HOLD_BY_ID, {"p_hold_id": hold_id}).first()
+def _owned_hold(session: Session, hold_id: uuid.UUID, user_id: uuid.UUID) -> rawsql.Record:
+    hold = rawsql.first(session.connection(), _HOLD_BY_ID, {"p_hold_id": hold_id})
     if hold is None:
         raise NotFound(Code.HOLD_NOT_FOUND, "No hold has this id.")
     if hold.user_id != user_id:
@@ -422,12 +432,12 @@ class _Transition:
     reason, or returns when the hold is already where the action leads (a repeat is a no-op).
     """
 
-    statement: Update
+    statement: rawsql.Statement
     event: EventKind
     explain: Callable[[HoldFields, datetime, Settings], None]
     params: Callable[[datetime, Settings], dict[str, object]] = field(default=_no_params)
 
-    def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    def apply(self, session: Session, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
         """Write the action, else explain why not; return the hold as it now is."""
         with write_transaction(session, _LOCK_SLOT_THEN_HOLD, p_hold_id=hold_id) as now:
             params = self.params(now, settings)
@@ -437,7 +447,7 @@ class _Transition:
             if hold is None:
                 hold = _owned_hold(session, hold_id, user_id)
                 self.explain(hold, now, settings)
-        return hold_read(hold, now, settings)
+        return hold_fields(hold, now, settings)
 
 
 def _why_not_confirmed(hold: HoldFields, now: datetime, settings: Settings) -> None:
@@ -510,27 +520,29 @@ _CANCEL = _Transition(
 class HoldTransition(Protocol):
     """confirm_hold, release_hold, extend_hold and cancel_booking: one owner's action on one hold."""
 
-    def __call__(self, session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+    def __call__(
+        self, session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings
+    ) -> HoldReadFields:
         """Apply the action; return the hold as it now is."""
         ...
 
 
-def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def confirm_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Turn the caller's live hold into a booking; confirming a booking again returns it."""
     return _CONFIRM.apply(session, hold_id, user_id, settings)
 
 
-def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def release_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Give the caller's live hold back; releasing it again returns it."""
     return _RELEASE.apply(session, hold_id, user_id, settings)
 
 
-def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def extend_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Move the caller's live hold's expiry to now + TTL, at most `hold_max_extensions` times."""
     return _EXTEND.apply(session, hold_id, user_id, settings)
 
 
-def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def cancel_booking(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """Cancel the caller's booking before its slot starts, freeing the slot; again returns it."""
     return _CANCEL.apply(session, hold_id, user_id, settings)
 
@@ -553,10 +565,10 @@ def hold_history(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID) ->
     return HoldHistory(hold_id=hold_id, items=items)
 
 
-def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldRead:
+def get_hold(session: Session, *, hold_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
     """One of the caller's holds, its status derived now."""
     with read_transaction(session) as now:
-        return hold_read(_owned_hold(session, hold_id, user_id), now, settings)
+        return hold_fields(_owned_hold(session, hold_id, user_id), now, settings)
 
 
 def list_holds(

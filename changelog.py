@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, func, insert, literal_column, select, text
 from sqlalchemy.orm import Session
 
+import rawsql
 from models import SlotEvent, TimeSlot, UTCDateTime
 from schemas import EventKind
 
@@ -38,35 +39,40 @@ DEFAULT_RETENTION = timedelta(days=7)
 # pruning outpaces writing, while each write's extra work stays a few index entries.
 PRUNE_BATCH = 8
 # Any fixed number: the advisory lock that orders appends (PostgreSQL).
-_APPEND_LOCK = text("SELECT pg_advisory_xact_lock(7240002)")
+_APPEND_LOCK = rawsql.Statement(text("SELECT pg_advisory_xact_lock(7240002)"))
 NOTIFY_CHANNEL = "booking_slot_events"
-_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+_NOTIFY = rawsql.Statement(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
 
 assert isinstance(SlotEvent.__table__, Table)
 _events: Table = SlotEvent.__table__
 _SLOT = bindparam("slot_id", type_=SlotEvent.slot_id.type)
 # The slot's room and start come from the slot row, unless given (a deleted slot has none).
-_INSERT = insert(_events).values(
-    kind=bindparam("kind"),
-    slot_id=_SLOT,
-    room_id=func.coalesce(
-        bindparam("room_id", type_=SlotEvent.room_id.type),
-        select(TimeSlot.room_id).where(TimeSlot.id == _SLOT).scalar_subquery(),
+_INSERT = rawsql.Statement(
+    insert(_events).values(
+        kind=bindparam("kind"),
+        slot_id=_SLOT,
+        room_id=func.coalesce(
+            bindparam("room_id", type_=SlotEvent.room_id.type),
+            select(TimeSlot.room_id).where(TimeSlot.id == _SLOT).scalar_subquery(),
+        ),
+        starts_at=func.coalesce(
+            bindparam("starts_at", type_=UTCDateTime),
+            select(TimeSlot.start_time).where(TimeSlot.id == _SLOT).scalar_subquery(),
+        ),
+        hold_id=bindparam("hold_id", type_=SlotEvent.hold_id.type),
+        user_id=bindparam("user_id", type_=SlotEvent.user_id.type),
+        status=bindparam("status"),
+        held_until=bindparam("held_until", type_=UTCDateTime),
+        occurred_at=bindparam("occurred_at", type_=UTCDateTime),
     ),
-    starts_at=func.coalesce(
-        bindparam("starts_at", type_=UTCDateTime),
-        select(TimeSlot.start_time).where(TimeSlot.id == _SLOT).scalar_subquery(),
-    ),
-    hold_id=bindparam("hold_id", type_=SlotEvent.hold_id.type),
-    user_id=bindparam("user_id", type_=SlotEvent.user_id.type),
-    status=bindparam("status"),
-    held_until=bindparam("held_until", type_=UTCDateTime),
-    occurred_at=bindparam("occurred_at", type_=UTCDateTime),
+    many=True,
 )
 _oldest = select(func.min(_events.c.position)).scalar_subquery()
-_PRUNE = delete(_events).where(
-    _events.c.position < _oldest + literal_column(str(PRUNE_BATCH)),
-    _events.c.occurred_at < bindparam("cutoff", type_=UTCDateTime),
+_PRUNE = rawsql.Statement(
+    delete(_events).where(
+        _events.c.position < _oldest + literal_column(str(PRUNE_BATCH)),
+        _events.c.occurred_at < bindparam("cutoff", type_=UTCDateTime),
+    )
 )
 
 
@@ -115,15 +121,16 @@ def flush(session: Session, now: datetime) -> None:
     if not pending:
         return
     connection = session.connection()
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
-        connection.execute(_APPEND_LOCK)
-    connection.execute(_INSERT, [{**event, "occurred_at": now} for event in pending])
     retention: timedelta = session.info.get(RETENTION, DEFAULT_RETENTION)
-    connection.execute(_PRUNE, {"cutoff": now - retention})
-    if postgres:
-        # Delivered at COMMIT, to every worker and host listening; only a wake-up, the log is the truth.
-        connection.execute(_NOTIFY)
+    steps: list[rawsql.Step] = [
+        (_INSERT, [{**event, "occurred_at": now} for event in pending]),
+        (_PRUNE, {"cutoff": now - retention}),
+    ]
+    if connection.dialect.name == "postgresql":
+        # The lock first, the wake-up last: delivered at COMMIT, to every worker and host
+        # listening; only a wake-up, the log is the truth.
+        steps = [(_APPEND_LOCK, {}), *steps, (_NOTIFY, {})]
+    rawsql.execute_batch(connection, steps)  # one round trip on PostgreSQL
     session.info[WRITTEN] = True
 
 

@@ -12,15 +12,15 @@ from typing import TypeVar
 from alembic import command
 from alembic.config import Config
 from anyio import to_thread
-from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
-from sqlalchemy.sql import Executable
 
 import changelog
+import rawsql
 from clock import utc_now
 from config import Settings
 from models import Base, Room, ServiceSecret, TimeSlot, User
@@ -167,7 +167,12 @@ class Database:
         return await to_thread.run_sync(self._run, work)
 
     def _run(self, work: Callable[[Session], T]) -> T:
-        with Session(self.engine, expire_on_commit=False, info={changelog.RETENTION: self.event_retention}) as session:
+        # One pooled connection for the whole unit of work, not one checkout (and reset) per
+        # transaction: a hold's refusal read and its write are two transactions.
+        with (
+            self.engine.connect() as connection,
+            Session(connection, expire_on_commit=False, info={changelog.RETENTION: self.event_retention}) as session,
+        ):
             try:
                 return work(session)
             finally:
@@ -201,6 +206,9 @@ def _use_wal(cursor: DBAPICursor, busy_timeout: float) -> None:
             time.sleep(0.05)
 
 
+_SQLITE_BEGIN = {mode: rawsql.Statement(text(f"BEGIN {mode}")) for mode in ("DEFERRED", "IMMEDIATE")}
+
+
 def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.0) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -218,13 +226,14 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
     def _on_begin(conn: Connection) -> None:
         # BEGIN IMMEDIATE for writers: a deferred transaction that later upgrades to a writer
         # fails at once with "database is locked" when another process wrote meanwhile.
-        # Through SQLAlchemy, not the driver: a lock timeout here must arrive as a DBAPIError
-        # (503 DATABASE_BUSY), and "begin" hooks run outside SQLAlchemy's error translation.
-        conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(_BEGIN_MODE, 'DEFERRED')}")
+        # Through rawsql, which translates driver errors as SQLAlchemy does: a lock timeout here
+        # must arrive as a DBAPIError (503 DATABASE_BUSY), and "begin" hooks run outside
+        # SQLAlchemy's own translation.
+        rawsql.execute(conn, _SQLITE_BEGIN[conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")], {})
 
 
 @contextmanager
-def write_transaction(session: Session, *locks: Executable, **lock_params: object) -> Iterator[datetime]:
+def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params: object) -> Iterator[datetime]:
     """Run the block as one write transaction and yield the time its decisions are judged at.
 
     The clock is read only once this writer holds the locks that decide: on SQLite the write
@@ -243,12 +252,15 @@ def write_transaction(session: Session, *locks: Executable, **lock_params: objec
         # when another process writes before it does. End it so this one begins as a writer.
         session.commit()
     connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+    # The option has done its work (the transaction has begun); on a connection that serves
+    # the request's later transactions too (Database._run), those begin as readers again.
+    connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
     try:
         if locks and connection.dialect.name == "postgresql":
             # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
             # otherwise be taken by the statements below, after the clock was read.
             for lock in locks:
-                connection.execute(lock, lock_params)
+                rawsql.execute(connection, lock, lock_params)
         now = utc_now()
         claim = session.info.get(IDEMPOTENCY_CLAIM)
         if claim is not None:

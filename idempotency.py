@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from pydantic import BaseModel, WithJsonSchema
+from pydantic import WithJsonSchema
 from sqlalchemy import Table, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,7 +38,7 @@ from config import Settings
 from db import IDEMPOTENCY_CLAIM, Database, read_transaction
 from errors import Code, Conflict, DomainError, InvalidInput
 from models import IdempotencyKey
-from routers import json_response
+from routers import Content, json_response
 
 HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -187,7 +187,7 @@ def _replayed(replay: _Replay) -> Response:
 
 
 def _run(
-    claim: Claim, ttl: timedelta, work: Callable[[Session], BaseModel], status_code: int, session: Session
+    claim: Claim, ttl: timedelta, work: Callable[[Session], Content], status_code: int, session: Session
 ) -> Response:
     session.info[_TTL] = ttl
     with read_transaction(session) as now:
@@ -235,7 +235,7 @@ async def respond(
     settings: Settings,
     idempotency: Idempotency | None,
     scope: uuid.UUID | str,
-    work: Callable[[Session], BaseModel],
+    work: Callable[[Session], Content],
     status_code: int = 200,
 ) -> Response:
     """Run a POST's database work once per key in the caller's `scope`; answer with its JSON or the stored answer."""

@@ -1,8 +1,9 @@
 """Typed ORM tables: users, their API tokens, rooms, time slots and holds."""
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -17,10 +18,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    Uuid,
     text,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import NullType, TypeEngine
 
 from clock import utc_now
 from schemas import EventKind, HoldStatus
@@ -55,15 +58,19 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
+        value = _aware_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC)
 
 
 class HoldStatusString(TypeDecorator[HoldStatus]):
@@ -77,6 +84,61 @@ class HoldStatusString(TypeDecorator[HoldStatus]):
 
     def process_result_value(self, value: str | None, dialect: Dialect) -> HoldStatus | None:
         return None if value is None else HoldStatus(value)
+
+
+# --- the stored forms, for statements run on the driver connection (rawsql.py) --------------------
+# What SQLAlchemy's processors for these types send and receive, written once as plain functions:
+# rows written below the ORM read back through it unchanged, and the other way round
+# (tests/test_rawsql.py holds each against SQLAlchemy's own processors on both dialects).
+
+Convert = Callable[[Any], Any]
+
+
+def _sqlite_datetime_in(value: datetime) -> str:
+    # SQLAlchemy's SQLite DATETIME text, `YYYY-MM-DD HH:MM:SS.ffffff`, of naive UTC.
+    return _aware_utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_datetime_out(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _postgresql_datetime_out(value: datetime) -> datetime:
+    return value.astimezone(UTC)  # timestamptz arrives in the session's time zone
+
+
+def _uuid_hex(value: uuid.UUID) -> str:
+    return value.hex  # SQLite: CHAR(32), hex digits without dashes
+
+
+def _uuid_from_hex(value: str) -> uuid.UUID:
+    return uuid.UUID(hex=value)
+
+
+def _status_in(value: str) -> str:
+    return HoldStatus(value).value
+
+
+# Types whose values the drivers take and give as they are.
+_AS_IS = (Integer, String, NullType)
+
+
+def stored_form(type_: TypeEngine[Any], dialect_name: str) -> tuple[Convert | None, Convert | None]:
+    """How a value of this column type is written (to the driver) and read back (from it); None: as it is.
+
+    None values pass through untouched on both sides. An unknown type is refused, so a new
+    column type cannot be run below the ORM in a form the ORM would not read.
+    """
+    sqlite = dialect_name == "sqlite"
+    if isinstance(type_, UTCDateTime):
+        return (_sqlite_datetime_in, _sqlite_datetime_out) if sqlite else (_aware_utc, _postgresql_datetime_out)
+    if isinstance(type_, Uuid):
+        return (_uuid_hex, _uuid_from_hex) if sqlite else (None, None)  # psycopg: native uuid
+    if isinstance(type_, HoldStatusString):
+        return _status_in, HoldStatus
+    if isinstance(type_, _AS_IS):
+        return None, None
+    raise TypeError(f"no stored form for {type_!r} on {dialect_name}")
 
 
 class Table(DeclarativeBase):

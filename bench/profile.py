@@ -34,10 +34,12 @@ from bench.suite import WORKERS, Bench
 
 # py-spy's raw frames read "function (path/relative/to/sys.path.py:line)". A sample's layer is the
 # first one its stack matches, from the innermost frame outwards.
+# rawsql's execute / execute_many: their own frame is the driver call (py-spy shows no C frames).
+DRIVER_CALL = ("do_execute (", "_execute_send (", "execute (rawsql.py:", "execute_many (rawsql.py:")
 APP_FILES = (*(f"({p.name}:" for p in ROOT.glob("*.py")), "(routers/")
 WAITING = flamegraph.WAITING
 LAYERS = (
-    ("database: driver call (SQLite runs in-process; PostgreSQL round trip)", ("do_execute (", "_execute_send (")),
+    ("database: driver call (SQLite runs in-process; PostgreSQL round trip)", DRIVER_CALL),
     ("SQLAlchemy: statement cache, compile, ORM rows and objects, pool", ("(sqlalchemy/",)),
     ("pydantic: validation and JSON serialisation", ("(pydantic/", "(pydantic_core/")),
     ("FastAPI / Starlette: routing, dependencies, encoders", ("(fastapi/", "(starlette/")),
@@ -55,9 +57,9 @@ PHASES = (
     ("turning rows into ORM objects", ("(sqlalchemy/orm/loading.py", "InstanceState.__init__")),
     (
         "column type conversion (UUID, UTCDateTime)",
-        ("result_processor", "process_result_value", "bind_processor", "process_bind_param"),
+        ("result_processor", "process_result_value", "bind_processor", "process_bind_param", "(models.py:"),
     ),
-    ("the driver call itself", ("do_execute (", "_execute_send (")),
+    ("the driver call itself", DRIVER_CALL),
     ("response model validation and JSON", ("serialize_response (", "dump_json (", "jsonable_encoder (")),
     ("authentication (token lookup)", ("_token_user_id (", "TokenCache.user_id (")),
 )

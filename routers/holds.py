@@ -16,7 +16,7 @@ from openapi import IDEMPOTENT_CODES, WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from ratelimit import HoldRateLimit
 from routers import json_response
-from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldStatus
+from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldReadFields, HoldStatus
 from state import DatabaseDep, SettingsDep
 
 router = APIRouter(prefix="/holds", tags=["holds"])
@@ -54,7 +54,7 @@ async def create_hold(
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""
     ensure_acting_user(user_id, data.user_id)
 
-    def work(session: Session) -> HoldRead:
+    def work(session: Session) -> HoldReadFields:
         return booking.create_hold(session, slot_id=data.slot_id, user_id=user_id, settings=settings)
 
     return await respond(db, settings, idem, user_id, work, 201)
@@ -140,7 +140,7 @@ async def _act(
 ) -> Response:
     ensure_acting_user(user_id, data.user_id if data is not None else None)
 
-    def work(session: Session) -> HoldRead:
+    def work(session: Session) -> HoldReadFields:
         return action(session, hold_id=hold_id, user_id=user_id, settings=settings)
 
     return await respond(db, settings, idem, user_id, work)

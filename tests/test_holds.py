@@ -402,3 +402,35 @@ def test_after_expiry_second_user_holds_and_first_can_neither_confirm_nor_extend
         assert slot_status(client, slot, alice) == "HELD_BY_OTHER"
         assert client.post(f"/holds/{second['hold_id']}/confirm", headers=bob.auth).status_code == 200
         assert slot_status(client, slot, alice) == "BOOKED"
+
+
+@pytest.mark.parametrize("microseconds", [0, 1, 654321])
+@pytest.mark.parametrize("confirmed", [False, True])
+@pytest.mark.parametrize("stored_status", ["HOLD", "CONFIRMED", "RELEASED", "EXPIRED"])
+def test_a_hold_is_encoded_once_as_the_bytes_of_its_response_model(
+    microseconds: int, confirmed: bool, stored_status: str
+) -> None:
+    from types import SimpleNamespace
+
+    import booking
+    from routers import json_response
+    from schemas import HoldRead, HoldStatus
+
+    at = datetime(2031, 5, 3, 12, 0, 0, microseconds, tzinfo=UTC)
+    row = SimpleNamespace(
+        id=uuid.uuid4(),
+        slot_id=uuid.uuid4(),
+        user_id=uuid.uuid4(),
+        status=HoldStatus(stored_status),
+        expires_at=at + timedelta(minutes=5),
+        confirmed_at=at + timedelta(seconds=90) if confirmed else None,
+        extension_count=1,
+        created_date=at,
+        last_updated_date=at + timedelta(seconds=1, microseconds=microseconds),
+    )
+    settings = Settings(seed_demo_data=False)
+    for now in (at, at + timedelta(hours=1)):  # before and after its expiry: the derived status differs
+        fields = booking.hold_fields(row, now, settings)
+        model = HoldRead.model_validate(fields)
+        assert bytes(json_response(fields).body) == HoldRead.__pydantic_serializer__.to_json(model)
+        assert bytes(json_response(fields).body) == model.model_dump_json().encode()

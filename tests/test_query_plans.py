@@ -52,23 +52,43 @@ def test_slot_listing_joins_claims_through_the_partial_unique_index(explaining_e
     assert "SCAN" not in plan, plan
 
 
-def test_claiming_a_slot_reads_only_indexes_for_the_live_claim_the_cap_and_the_cooldown(
-    explaining_engine: Engine,
-) -> None:
-    from booking import _INSERT_HOLD
+# The claim's parameters: any values will do for a plan.
+_CLAIM_PARAMS = {
+    "p_hold_id": uuid.uuid4(),
+    "p_slot_id": uuid.uuid4(),
+    "p_user_id": uuid.uuid4(),
+    "p_now": NOW,
+    "p_expires_at": NOW,
+    "p_max_active": 4,
+    "p_cooldown_since": NOW,
+}
 
-    params = {
-        "p_hold_id": uuid.uuid4(),
-        "p_slot_id": uuid.uuid4(),
-        "p_user_id": uuid.uuid4(),
-        "p_now": NOW,
-        "p_expires_at": NOW,
-        "p_max_active": 4,
-        "p_cooldown_since": NOW,
-    }
-    plan = _plan(explaining_engine, _INSERT_HOLD, params)
+
+def _assert_claim_reads_only_indexes(plan: str) -> None:
     assert "USING INDEX uq_holds_active_slot" in plan, plan  # the live claim
     assert "USING INDEX ix_holds_user_id_expires_at" in plan, plan  # the user's live holds, not their history
     assert "USING INDEX ix_holds_slot_id_user_id" in plan, plan  # the user's past claims on this slot
     scans = [line for line in plan.splitlines() if line.startswith("SCAN") and line != "SCAN CONSTANT ROW"]
     assert scans == [], plan
+
+
+def test_claiming_a_slot_reads_only_indexes_for_the_live_claim_the_cap_and_the_cooldown(
+    explaining_engine: Engine,
+) -> None:
+    from booking import _INSERT_HOLD
+
+    _assert_claim_reads_only_indexes(_plan(explaining_engine, _INSERT_HOLD.statement, _CLAIM_PARAMS))
+
+
+def test_the_claim_as_run_below_the_orm_reads_only_indexes() -> None:
+    # The plan of the very text and arguments rawsql sends to the driver, not of a recompilation.
+    from booking import _INSERT_HOLD
+
+    engine = create_engine("sqlite://")
+    create_schema(engine)
+    compiled = _INSERT_HOLD.compiled(engine.dialect)
+    with engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        rows = cursor.execute("EXPLAIN QUERY PLAN " + compiled.sql, compiled.arguments(_CLAIM_PARAMS)).fetchall()
+    engine.dispose()
+    _assert_claim_reads_only_indexes("\n".join(row[-1] for row in rows))

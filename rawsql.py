@@ -1,0 +1,154 @@
+"""Hot statements below the ORM: compiled once per dialect, run on the transaction's driver connection.
+
+SQLAlchemy builds each statement and compiles it, once per dialect, into its SQL text and the
+order of its parameters; `execute` then runs that text on the DBAPI connection of the
+SQLAlchemy connection that holds the open transaction. Begin and commit, the SQLite BEGIN
+IMMEDIATE hook and the session's bookkeeping stay SQLAlchemy's; what each statement skips is
+the per-execution machinery (execution context, compiled-cache lookup, processors, result
+objects), which cost several times the driver call itself (docs/performance.md).
+
+Values cross in the stored forms of `models.stored_form`, the ones SQLAlchemy's column types
+write and read, so the ORM and Core paths read what is written here and the other way round.
+A driver error is translated by SQLAlchemy's own connection (`IntegrityError`, a lock
+timeout's `OperationalError`, a lost connection invalidated), so callers and errors.py see
+what they would see through `Connection.execute`.
+"""
+
+from collections import namedtuple
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from models import Convert, stored_form
+
+Record = Any
+"""A result row: a named tuple whose fields are the statement's result columns, shaped at compile time."""
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    # The parameters the caller gives (each once, with how its value is stored), and the
+    # statement's own constants (literals, the items of an IN list), already in stored form.
+    inputs: tuple[tuple[str, Convert | None], ...]
+    constants: Mapping[str, object]
+    # Positional drivers (SQLite's qmark): the values in placeholder order; named drivers: the dict.
+    order: "itemgetter[Any] | None"
+    row: Any  # a named-tuple class, or None for a statement without rows
+    outputs: tuple[Convert | None, ...]
+
+    def arguments(self, params: Mapping[str, object]) -> Sequence[object] | dict[str, object]:
+        values = dict(self.constants)
+        for name, convert in self.inputs:
+            value = params[name]
+            values[name] = value if convert is None or value is None else convert(value)
+        if self.order is None:
+            return values
+        ordered = self.order(values)
+        return ordered if isinstance(ordered, tuple) else (ordered,)
+
+    def record(self, raw: Sequence[Any]) -> Record:
+        values = zip(self.outputs, raw, strict=True)
+        return self.row._make([value if conv is None or value is None else conv(value) for conv, value in values])
+
+
+def _compile(statement: ClauseElement, dialect: Dialect, many: bool) -> _Compiled:
+    compiled = statement.compile(dialect=dialect, for_executemany=many)
+    assert isinstance(compiled, SQLCompiler)
+    binds = compiled.binds
+    given = {bind.key for bind in binds.values() if bind.required}
+    # Renders expanding parameters (IN lists of constants) as one placeholder per item.
+    expanded = compiled.construct_expanded_state(dict.fromkeys(given))
+    inputs = tuple((name, stored_form(binds[name].type, dialect.name)[0]) for name in sorted(given))
+    expanded_from = {item: name for name, items in expanded.parameter_expansion.items() for item in items}
+    constants: dict[str, object] = {}
+    for name, value in expanded.parameters.items():
+        if name in given:
+            continue
+        bind = binds[expanded_from.get(name, name)]
+        convert = stored_form(bind.type, dialect.name)[0]
+        constants[name] = value if convert is None or value is None else convert(value)
+    order = itemgetter(*expanded.positiontup) if expanded.positiontup else None
+    columns = compiled._result_columns or []  # (name, type) of each result column, in order
+    row = namedtuple("Record", [column.keyname for column in columns]) if columns and not many else None
+    outputs = tuple(stored_form(column.type, dialect.name)[1] for column in columns)
+    return _Compiled(expanded.statement, inputs, constants, order, row, outputs)
+
+
+class Statement:
+    """A prebuilt statement, compiled on its first use on each dialect."""
+
+    __slots__ = ("_compiled", "_many", "statement")
+
+    def __init__(self, statement: ClauseElement, *, many: bool = False) -> None:
+        self.statement = statement
+        self._many = many  # run with many parameter sets at once (executemany): no rows back
+        self._compiled: dict[tuple[str, str], _Compiled] = {}
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        """The statement's SQL and parameter plan on this dialect."""
+        key = (dialect.name, dialect.driver)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = _compile(self.statement, dialect, self._many)
+        return compiled
+
+
+def execute(connection: Connection, statement: Statement, params: Mapping[str, object]) -> list[Record]:
+    """Run one statement in the connection's open transaction; its rows (none for a statement without)."""
+    compiled = statement.compiled(connection.dialect)
+    arguments = compiled.arguments(params)
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(compiled.sql, arguments)
+        raw = cursor.fetchall() if compiled.row is not None else ()
+    except connection.dialect.loaded_dbapi.Error as exc:
+        # SQLAlchemy's own translation (and invalidation of a lost connection), as Connection.execute does.
+        connection._handle_dbapi_exception(exc, compiled.sql, arguments, cursor, None)
+    finally:
+        cursor.close()
+    return [compiled.record(row) for row in raw]
+
+
+def first(connection: Connection, statement: Statement, params: Mapping[str, object]) -> Record | None:
+    """The statement's first row, None when it returned none."""
+    rows = execute(connection, statement, params)
+    return rows[0] if rows else None
+
+
+Step = tuple[Statement, Mapping[str, object] | Sequence[Mapping[str, object]]]
+"""A statement and its parameters (a list of parameter sets for a `many=True` statement)."""
+
+
+def execute_batch(connection: Connection, steps: Sequence[Step]) -> None:
+    """Run statements whose rows nobody reads, in order, in the open transaction.
+
+    On PostgreSQL they go in one psycopg pipeline: sent together, one round trip instead of
+    one each; the server still runs them one after the other, in this order. A failure in any
+    of them is raised, translated, once the pipeline is synced.
+    """
+    dialect = connection.dialect
+    calls: list[tuple[str, Any, bool]] = []
+    for statement, params in steps:
+        compiled = statement.compiled(dialect)
+        if isinstance(params, Mapping):
+            calls.append((compiled.sql, compiled.arguments(params), False))
+        else:
+            calls.append((compiled.sql, [compiled.arguments(one) for one in params], True))
+    dbapi_connection = connection.connection.dbapi_connection
+    pipeline = getattr(dbapi_connection, "pipeline", None)  # psycopg's; SQLite runs in-process anyway
+    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with pipeline() if pipeline is not None else nullcontext():
+            for sql, arguments, many in calls:
+                (cursor.executemany if many else cursor.execute)(sql, arguments)
+    except dialect.loaded_dbapi.Error as exc:
+        connection._handle_dbapi_exception(exc, ";\n".join(sql for sql, _, _ in calls), None, cursor, None)
+    finally:
+        cursor.close()

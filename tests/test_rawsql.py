@@ -1,0 +1,153 @@
+"""Hot statements below the ORM (rawsql.py): the same stored forms, SQL and errors as through SQLAlchemy."""
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from freezegun import freeze_time
+from sqlalchemy import Engine, Uuid, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import booking
+import rawsql
+from db import write_transaction
+from main import create_app
+from models import Hold, HoldStatusString, SlotEvent, UTCDateTime, stored_form
+from schemas import HoldStatus
+from tests.conftest import POSTGRES_URL, empty_postgres
+from tests.factories import assert_problem, isolated_settings, make_slot, make_user
+
+DIALECTS = {"sqlite": sqlite.dialect(), "postgresql": postgresql.psycopg.dialect()}  # type: ignore[attr-defined]
+NOW = datetime(2030, 1, 1, 9, 30, tzinfo=UTC)
+VALUES: dict[type, list[Any]] = {
+    Uuid: [uuid.uuid4(), uuid.UUID(int=0)],
+    UTCDateTime: [
+        NOW,
+        NOW.replace(microsecond=123456),
+        datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=5, minutes=30))),  # not UTC: converted
+        datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC),  # a year of three digits stays zero-padded
+    ],
+    HoldStatusString: list(HoldStatus),
+}
+
+
+def _engine(client: TestClient) -> Engine:
+    return client.app.state.db.engine  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize("dialect_name", DIALECTS)
+@pytest.mark.parametrize("type_", [Uuid, UTCDateTime, HoldStatusString])
+def test_stored_forms_are_the_ones_sqlalchemy_writes_and_reads(dialect_name: str, type_: type) -> None:
+    dialect = DIALECTS[dialect_name]
+    column_type = type_()
+    sqlalchemy_in = column_type._cached_bind_processor(dialect) or (lambda value: value)
+    sqlalchemy_out = column_type._cached_result_processor(dialect, None) or (lambda value: value)
+    to_db, from_db = stored_form(column_type, dialect_name)
+    to_db, from_db = to_db or (lambda value: value), from_db or (lambda value: value)
+    for value in VALUES[type_]:
+        stored = to_db(value)
+        assert stored == sqlalchemy_in(value)
+        assert type(stored) is type(sqlalchemy_in(value))
+        read = from_db(stored)
+        assert read == sqlalchemy_out(stored)
+        if isinstance(read, datetime):
+            assert read.utcoffset() == timedelta(0) and read == value
+
+
+@pytest.mark.parametrize("dialect_name", DIALECTS)
+def test_a_naive_datetime_is_refused_below_the_orm_as_through_it(dialect_name: str) -> None:
+    to_db, _ = stored_form(UTCDateTime(), dialect_name)
+    assert to_db is not None
+    with pytest.raises(ValueError, match="naive"):
+        to_db(datetime(2030, 1, 1))  # noqa: DTZ001
+
+
+def test_an_unknown_column_type_is_refused_rather_than_stored_in_a_guessed_form() -> None:
+    with pytest.raises(TypeError):
+        stored_form(postgresql.JSONB(), "postgresql")
+
+
+@pytest.mark.parametrize("dialect_name", DIALECTS)
+def test_the_sql_run_below_the_orm_is_the_sql_sqlalchemy_runs(dialect_name: str) -> None:
+    dialect = DIALECTS[dialect_name]
+    for statement in (booking._RETIRE_EXPIRED, booking._CONFIRM.statement, booking._HOLD_BY_ID, booking._LOCK_SLOT):
+        assert statement.compiled(dialect).sql == str(statement.statement.compile(dialect=dialect))
+    # The literal partial-index predicate survives compilation as literal SQL.
+    assert "status IN ('HOLD', 'CONFIRMED')" in booking._INSERT_HOLD.compiled(dialect).sql
+
+
+def test_holds_written_below_the_orm_read_back_through_it_and_the_other_way(client: TestClient) -> None:
+    alice = make_user(client)
+    slot = uuid.UUID(make_slot(client))
+    with freeze_time(datetime.now(UTC).replace(microsecond=654321)):
+        body = client.post("/holds", json={"slot_id": str(slot)}, headers=alice.auth).json()
+    with Session(_engine(client), expire_on_commit=False) as session:
+        orm = session.get(Hold, uuid.UUID(body["hold_id"]))
+        assert orm is not None
+        assert (orm.status, orm.slot_id, str(orm.user_id)) == (HoldStatus.HOLD, slot, alice.id)
+        assert orm.created_date == datetime.fromisoformat(body["created_date"])
+        assert orm.created_date.microsecond == 654321 and orm.created_date.tzinfo is not None
+        event = session.scalars(select(SlotEvent).where(SlotEvent.hold_id == orm.id)).one()
+        assert (event.kind, event.status, event.held_until) == ("HELD", "HOLD", orm.expires_at)
+        # Written by the ORM, read below it.
+        created = datetime(2030, 5, 6, 7, 8, 9, 10, tzinfo=UTC)
+        other = Hold(
+            id=uuid.uuid4(),
+            slot_id=slot,
+            user_id=orm.user_id,
+            status=HoldStatus.RELEASED,
+            expires_at=created,
+            created_date=created,
+            last_updated_date=created,
+        )
+        session.add(other)
+        session.commit()
+        row = rawsql.first(session.connection(), booking._HOLD_BY_ID, {"p_hold_id": other.id})
+    assert row is not None
+    assert (row.id, row.slot_id, row.user_id, row.status) == (other.id, slot, orm.user_id, HoldStatus.RELEASED)
+    assert type(row.status) is HoldStatus and row.created_date == created and row.confirmed_at is None
+
+
+def test_a_driver_error_below_the_orm_arrives_as_sqlalchemy_s_error(client: TestClient) -> None:
+    alice = make_user(client)
+    slot = uuid.UUID(make_slot(client))
+    hold = uuid.UUID(client.post("/holds", json={"slot_id": str(slot)}, headers=alice.auth).json()["hold_id"])
+    free_slot = uuid.UUID(make_slot(client))
+    with Session(_engine(client)) as session, pytest.raises(IntegrityError), write_transaction(session) as now:
+        # The same id again: the primary key refuses it in the driver; callers catch IntegrityError.
+        booking._write_holds(
+            session,
+            booking._INSERT_HOLD,
+            None,
+            hold_id=hold,
+            slot_id=free_slot,
+            user_id=uuid.UUID(alice.id),
+            now=now,
+            expires_at=now + timedelta(minutes=5),
+            max_active=100,
+            cooldown_since=now,
+        )
+
+
+def test_a_lock_timeout_in_the_change_log_s_pipeline_is_a_503_and_commits_nothing(postgres_engine: Engine) -> None:
+    # The append lock, the events, the prune and the wake-up go in one psycopg pipeline: a
+    # failure inside it must still arrive as SQLAlchemy's error (503 DATABASE_BUSY), and roll back.
+    empty_postgres(postgres_engine)
+    settings = isolated_settings(database_url=POSTGRES_URL, db_lock_timeout_seconds=1)
+    with TestClient(create_app(settings)) as client:
+        alice, slot = make_user(client), make_slot(client)
+        blocker = psycopg.connect(POSTGRES_URL)
+        blocker.execute("SELECT pg_advisory_xact_lock(7240002)")  # changelog's append lock, held
+        try:
+            response = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert_problem(response, 503, "DATABASE_BUSY")
+        assert client.get(f"/slots/{slot}").json()["status"] == "AVAILABLE"
+        assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
