@@ -31,10 +31,13 @@ from datetime import datetime
 from typing import Any
 
 from pydantic_core import to_json
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import booking
 import changelog
+from clock import utc_now
 from db import Database, read_transaction
 from errors import Code, NotFound
 from live import Change, Range, changes
@@ -53,24 +56,37 @@ CATCH_UP_POSITIONS = 2_000
 _SLOT_SERIALIZER = SlotRead.__pydantic_serializer__
 _PAGE_SERIALIZER = SlotPage.__pydantic_serializer__
 _FIRST_ID = uuid.UUID(int=0)
-# The head on the driver connection: no ORM, no compiled statement to look up, one index read
-# (`max` of the primary key). Kept local and tiny on purpose: see the report to fold it into a
-# shared raw-statement layer.
+# The head on the pooled driver connection, outside any transaction: no Session, no SQLAlchemy
+# execution, one index read (`max` of the primary key); a transaction's BEGIN and the
+# execution machinery cost several times the read itself. Kept local and tiny on purpose
+# (see docs/design.md#a-board-per-room-in-each-worker).
 _HEAD_SQL = "SELECT max(position) FROM slot_events"
 
 
-def head(session: Session) -> int:
-    """The change log's newest position (0 for an empty log), read on the driver connection."""
-    value = session.connection().exec_driver_sql(_HEAD_SQL).scalar()
+def head(engine: Engine) -> int:
+    """The change log's newest position (0 for an empty log), in one statement on the driver connection."""
+    connection = engine.raw_connection()
+    try:
+        value = connection.driver_connection.execute(_HEAD_SQL).fetchone()[0]  # type: ignore[union-attr]
+    except engine.dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy would raise it, so the usual handler answers (503 DATABASE_UNAVAILABLE, ...).
+        if engine.dialect.is_disconnect(exc, connection, None):
+            connection.invalidate(exc)
+        raise DBAPIError.instance(_HEAD_SQL, None, exc, engine.dialect.loaded_dbapi.Error) from exc
+    finally:
+        connection.close()  # back to the pool, which ends the driver's transaction if it opened one
     return int(value) if value is not None else 0
 
 
 @dataclass(slots=True, eq=False)
 class Entry:
-    """One kept slot: its slot-view row and its JSON for every caller but the claim's owner."""
+    """One kept slot: its slot-view row, its claim unpacked, and its JSON for every caller but the claim's owner."""
 
     row: Any
     key: tuple[datetime, uuid.UUID]
+    claim_status: str | None  # None: no live claim when read
+    claim_expires_at: datetime | None
+    owner: uuid.UUID | None
     free: bytes  # as AVAILABLE (no claim, or the claim has lapsed)
     taken: bytes  # as BOOKED or HELD_BY_OTHER while its claim is live (== free without a claim)
     _mine: bytes | None = field(default=None, repr=False)  # the claim's owner while it is live
@@ -80,18 +96,20 @@ class Entry:
         """Encode a row read at `now` (its claim, if any, was live then)."""
         free = _SLOT_SERIALIZER.to_json(booking.slot_read(row, SlotStatus.AVAILABLE))
         taken = free if row.claim_id is None else _SLOT_SERIALIZER.to_json(booking.slot_view(row, None, now))
-        return cls(row, (row.start_time, row.id), free, taken)
+        status = None if row.claim_id is None else row.claim_status
+        return cls(row, (row.start_time, row.id), status, row.claim_expires_at, row.claim_user_id, free, taken)
 
     def render(self, viewer_id: uuid.UUID | None, now: datetime) -> tuple[SlotStatus, bytes]:
         """This slot for the caller at `now`: its status and its JSON."""
-        row = self.row
-        status = booking.slot_status(row, viewer_id, now)
+        if self.claim_status is None:
+            return SlotStatus.AVAILABLE, self.free
+        status = booking.claim_seen_as(self.claim_status, self.claim_expires_at, self.owner, viewer_id, now)
         if status is SlotStatus.AVAILABLE:
             return status, self.free
-        if viewer_id is None or row.claim_user_id != viewer_id:
+        if viewer_id is None or self.owner != viewer_id:
             return status, self.taken
         if self._mine is None:  # the same bytes while the claim lives: status and ids do not change
-            self._mine = _SLOT_SERIALIZER.to_json(booking.slot_view(row, viewer_id, now))
+            self._mine = _SLOT_SERIALIZER.to_json(booking.slot_view(self.row, viewer_id, now))
         return status, self._mine
 
 
@@ -205,12 +223,12 @@ class Boards:
         """GET /slots's body: from the room's board when it can answer, else from SQL as before."""
         after = decode_cursor(cursor) if cursor is not None else None
         if room_id is not None:
-            with read_transaction(session) as now:
-                start = start_from or now
-                board = self.current(session, now, room_id, start)
-                body = board.page(
-                    viewer_id, now, start_from=start, start_to=start_to, status=status, limit=limit, after=after
-                )
+            board = self.current(session, room_id, start_from)
+            now = utc_now()
+            start = start_from or now
+            body = board.page(
+                viewer_id, now, start_from=start, start_to=start_to, status=status, limit=limit, after=after
+            )
             if body is not None:
                 return body
         page = booking.list_slots(
@@ -225,22 +243,28 @@ class Boards:
         )
         return _PAGE_SERIALIZER.to_json(page)
 
-    def current(self, session: Session, now: datetime, room_id: uuid.UUID, start: datetime) -> RoomBoard:
-        """The room's board at the log's head, caught up or loaded if need be (in an open read transaction).
+    def current(self, session: Session, room_id: uuid.UUID, start_from: datetime | None) -> RoomBoard:
+        """The room's board at the log's head, caught up or loaded (from `start_from`, default now) if need be.
 
-        404 for an unknown room. A board kept from an earlier `start` is returned as it is; the
-        caller checks that it covers what it needs (`RoomBoard.covers`).
+        404 for an unknown room. A board kept from an earlier start is returned as it is; the
+        caller checks that it covers what it needs.
         """
-        position = head(session)  # first: the rows read below are at least this new
+        # The head first, in its own read: whatever is read after it is at least as new.
+        position = head(self.db.engine)
         board = self._boards.get(room_id)
         if board is not None and board.position == position:
-            fresh = board
-        elif board is None or board.position > position or position - board.position > CATCH_UP_POSITIONS:
-            fresh = _load(session, now, room_id, position, min(start, now) if board is None else board.lower)
-        else:
-            fresh = _catch_up(session, now, board, position)
-        self._keep(fresh)
-        return fresh
+            with self._lock:
+                if room_id in self._boards:
+                    self._boards.move_to_end(room_id)
+            return board
+        with read_transaction(session) as now:
+            if board is None or board.position > position or position - board.position > CATCH_UP_POSITIONS:
+                lower = board.lower if board is not None else min(start_from or now, now)
+                board = _load(session, now, room_id, position, lower)
+            else:
+                board = _catch_up(session, now, board, position)
+        self._keep(board)
+        return board
 
     def _keep(self, board: RoomBoard) -> None:
         with self._lock:
