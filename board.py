@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 import booking
 import changelog
+import live
 from clock import utc_now
 from db import Database, read_transaction
 from errors import Code, NotFound
@@ -242,6 +243,19 @@ class Boards:
             cursor=cursor,
         )
         return _PAGE_SERIALIZER.to_json(page)
+
+    def snapshot(
+        self, session: Session, room_id: uuid.UUID, start_from: datetime, start_to: datetime | None
+    ) -> tuple[int, Sequence[Entry]] | None:
+        """A stream's opening snapshot from the room's board: its position and the slots in range; None: read SQL."""
+        board = self.current(session, room_id, start_from)
+        if not board.covers(start_from, start_to):
+            return None
+        first = bisect_left(board.keys, (start_from, _FIRST_ID))
+        last = len(board.keys) if start_to is None else bisect_left(board.keys, (start_to, _FIRST_ID))
+        if last - first > live.MAX_STREAM_SLOTS:
+            return None  # the SQL path refuses it (RANGE_TOO_LARGE)
+        return board.position, board.entries[first:last]
 
     def current(self, session: Session, room_id: uuid.UUID, start_from: datetime | None) -> RoomBoard:
         """The room's board at the log's head, caught up or loaded (from `start_from`, default now) if need be.

@@ -157,6 +157,7 @@ class Opening:
     rows: Sequence[Any]
     resumed: Batch | None  # None: send a snapshot
     lapsed: Sequence[Any] = ()  # resume: slots whose hold lapsed unwritten (the client may still show it)
+    entries: Sequence[Any] | None = None  # a snapshot from a room's board (board.Entry): its JSON is encoded
 
 
 def open_stream(session: Session, scope: Range, last_event_id: int | None) -> Opening:

@@ -99,6 +99,7 @@ async def list_slots(
 async def stream_slots(
     viewer: ViewerId,
     hub: HubDep,
+    boards: BoardsDep,
     room_id: uuid.UUID | None = None,
     start_from: Annotated[
         UtcDatetime | None, Query(alias="from", description="Slots starting at or after this (default: now)")
@@ -113,7 +114,7 @@ async def stream_slots(
     """Live board: the slots of GET /slots (at most 1,000) as a snapshot, then every change as it commits."""
     viewer_id = _viewer(viewer, user_id)
     scope = live.Range(room_id, start_from or utc_now(), start_to)
-    events = await stream.open_events(hub, scope, viewer_id, stream.parse_last_event_id(last_event_id))
+    events = await stream.open_events(hub, boards, scope, viewer_id, stream.parse_last_event_id(last_event_id))
     # ping=0: the stream writes its own heartbeats (stream.py), one task fewer per open stream.
     return EventSourceResponse(
         events,

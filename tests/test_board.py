@@ -6,6 +6,7 @@ write answered by one app is in the next listing of another app on the same data
 created or deleted in a kept room appears or disappears; a pruned gap reloads the room.
 """
 
+import asyncio
 import random
 import uuid
 from collections.abc import Iterator
@@ -18,8 +19,10 @@ from freezegun import freeze_time
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
-import booking
 import board
+import booking
+import live
+import stream
 from board import Boards
 from config import Settings
 from main import create_app
@@ -232,3 +235,44 @@ def test_a_board_whose_gap_was_pruned_reloads_the_room(two_apps: tuple[TestClien
         for busy_slot in busy:
             make_hold(a, alice, busy_slot)
         assert _statuses(b, room) == {slot: "HELD_BY_OTHER"}
+
+
+def test_a_stream_snapshot_from_a_kept_board_equals_the_sql_snapshot_after_another_apps_write(
+    two_apps: tuple[TestClient, TestClient],
+) -> None:
+    a, b = two_apps
+    alice, bob = make_user(a), make_user(a)
+    with freeze_time(NOW):
+        room = make_room(a)
+        slots = [_slot_at(a, room, hour) for hour in (9, 10, 11, 12)]
+        scope = live.Range(uuid.UUID(room), NOW, None)
+        assert len(_statuses(b, room)) == 4  # b keeps the room's board
+        make_hold(a, alice, slots[0])
+        booked = make_hold(a, bob, slots[1])["hold_id"]
+        _act(a, f"/holds/{booked}/confirm", bob)
+        state = b.app.state  # type: ignore[attr-defined]
+
+        def snapshot(viewer: ApiUser | None, from_board: bool) -> bytes:
+            with Session(state.db.engine, expire_on_commit=False) as session:
+                if from_board:
+                    opening = stream._open(state.boards, scope, None, session)
+                    assert opening.entries is not None
+                else:
+                    opening = live.open_stream(session, scope, None)
+                    assert opening.entries is None
+
+            viewer_id = uuid.UUID(viewer.id) if viewer else None
+
+            async def first_frame() -> bytes:
+                events = stream._events(state.hub, live.Subscriber(), scope, viewer_id, opening)
+                try:
+                    return await anext(events)
+                finally:
+                    await events.aclose()
+
+            return asyncio.run(first_frame())
+
+        for viewer in (None, alice, bob):
+            frame = snapshot(viewer, from_board=True)
+            assert frame == snapshot(viewer, from_board=False)
+            assert frame.count(b'"room_id"') == 4 and (b"HELD_BY" in frame) and b"BOOKED" in frame
