@@ -68,7 +68,8 @@ def head(engine: Engine) -> int:
     """The change log's newest position (0 for an empty log), in one statement on the driver connection."""
     connection = engine.raw_connection()
     try:
-        value = connection.driver_connection.execute(_HEAD_SQL).fetchone()[0]  # type: ignore[union-attr]
+        # fetchall: a SQLite statement left unfinished would keep its read snapshot open.
+        value = connection.driver_connection.execute(_HEAD_SQL).fetchall()[0][0]  # type: ignore[union-attr]
     except engine.dialect.loaded_dbapi.Error as exc:
         # As SQLAlchemy would raise it, so the usual handler answers (503 DATABASE_UNAVAILABLE, ...).
         if engine.dialect.is_disconnect(exc, connection, None):
