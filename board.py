@@ -67,13 +67,21 @@ _HEAD_SQL = "SELECT max(position) FROM slot_events"
 def head(engine: Engine) -> int:
     """The change log's newest position (0 for an empty log), in one statement on the driver connection."""
     connection = engine.raw_connection()
+    driver: Any = connection.driver_connection
+    # psycopg: in autocommit, no BEGIN and no ROLLBACK round trip around the read (SQLAlchemy's
+    # own pre-ping does the same); SQLite's connections are in autocommit already (db.py).
+    postgres = engine.dialect.name == "postgresql"
     try:
+        if postgres:
+            driver.autocommit = True
         # fetchall: a SQLite statement left unfinished would keep its read snapshot open.
-        value = connection.driver_connection.execute(_HEAD_SQL).fetchall()[0][0]  # type: ignore[union-attr]
+        value = driver.execute(_HEAD_SQL).fetchall()[0][0]
+        if postgres:
+            driver.autocommit = False
     except engine.dialect.loaded_dbapi.Error as exc:
         # As SQLAlchemy would raise it, so the usual handler answers (503 DATABASE_UNAVAILABLE, ...).
-        if engine.dialect.is_disconnect(exc, connection, None):
-            connection.invalidate(exc)
+        if postgres or engine.dialect.is_disconnect(exc, connection, None):
+            connection.invalidate(exc)  # never back to the pool broken or left in autocommit
         raise DBAPIError.instance(_HEAD_SQL, None, exc, engine.dialect.loaded_dbapi.Error) from exc
     finally:
         connection.close()  # back to the pool, which ends the driver's transaction if it opened one

@@ -276,3 +276,24 @@ def test_a_stream_snapshot_from_a_kept_board_equals_the_sql_snapshot_after_anoth
             frame = snapshot(viewer, from_board=True)
             assert frame == snapshot(viewer, from_board=False)
             assert frame.count(b'"room_id"') == 4 and (b"HELD_BY" in frame) and b"BOOKED" in frame
+
+
+def test_the_head_read_leaves_no_pooled_connection_in_autocommit(
+    client: TestClient, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads the head in autocommit; a connection must go back to the pool as it came, even on an error."""
+    if backend != "postgresql":
+        pytest.skip("SQLite's connections are in autocommit for every read (db.py)")
+    room = make_room(client)
+    engine = client.app.state.db.engine  # type: ignore[attr-defined]
+    assert client.get("/slots", params={"room_id": room}).status_code == 200
+    monkeypatch.setattr(board, "_HEAD_SQL", "SELECT no_such_column FROM slot_events")
+    assert client.get("/slots", params={"room_id": room}).status_code >= 500
+    monkeypatch.undo()
+    for _ in range(engine.pool.size()):
+        connection = engine.raw_connection()
+        try:
+            assert connection.driver_connection.autocommit is False
+        finally:
+            connection.close()
+    assert client.get("/slots", params={"room_id": room}).status_code == 200
