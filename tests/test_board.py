@@ -81,8 +81,15 @@ def _act(client: TestClient, path: str, user: ApiUser) -> None:
     assert client.post(path, headers=user.auth).status_code == 200
 
 
-def test_board_pages_equal_the_sql_path_over_random_states(client: TestClient) -> None:
-    """Random holds, bookings, releases, cancels and lapses; every viewer, filter and page: the same bytes."""
+@pytest.mark.parametrize("room_slots", [board.ROOM_SLOTS, 4], ids=["whole-room", "cut-board"])
+def test_board_pages_equal_the_sql_path_over_random_states(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, room_slots: int
+) -> None:
+    """Random holds, bookings, releases, cancels and lapses; every viewer, filter and page: the same bytes.
+
+    A cut board (a room with more slots than it keeps) answers what it holds and leaves the rest to SQL.
+    """
+    monkeypatch.setattr(board, "ROOM_SLOTS", room_slots)
     rng = random.Random(11)
     with freeze_time(NOW) as clock:
         users = [make_user(client) for _ in range(2)]
@@ -219,6 +226,21 @@ def test_a_slot_created_or_deleted_in_a_kept_room_appears_or_disappears(
     assert list(_statuses(b, room)) == [earlier, first, later]  # in start order
     assert a.delete(f"/slots/{first}", headers=ADMIN).status_code == 204
     assert list(_statuses(b, room)) == [earlier, later]
+
+
+@pytest.mark.parametrize("limit", ["CATCH_UP_SLOTS", "CATCH_UP_POSITIONS"])
+def test_a_board_far_behind_reloads_the_room(
+    two_apps: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    a, b = two_apps
+    alice = make_user(a)
+    room = make_room(a)
+    slots = [_slot_at(a, room, hour) for hour in (9, 10, 11)]
+    assert set(_statuses(b, room).values()) == {"AVAILABLE"}
+    monkeypatch.setattr(board, limit, 1)
+    for slot in slots:
+        make_hold(a, alice, slot)
+    assert _statuses(b, room, alice) == dict.fromkeys(slots, "HELD_BY_ME")
 
 
 def test_a_board_whose_gap_was_pruned_reloads_the_room(two_apps: tuple[TestClient, TestClient]) -> None:
