@@ -17,7 +17,7 @@ Lazy expiry stays lazy: a kept claim is judged at the request's `now` (`booking.
 so a hold that lapses while the board is kept reads AVAILABLE without any write.
 
 Requests a board cannot answer take the SQL path unchanged: no room_id, a `from` before the
-board's lower bound, or a range running past the slots kept (a room with more than
+board's lower bound (at most a day before it was loaded), or a range running past the slots kept (a room with more than
 `ROOM_SLOTS` slots from its lower bound). See docs/design.md#a-board-per-room-in-each-worker.
 """
 
@@ -27,7 +27,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic_core import to_json
@@ -53,6 +53,10 @@ ROOMS = 64
 # A catch-up naming more slots than this, or spanning more positions, reloads the room instead.
 CATCH_UP_SLOTS = 64
 CATCH_UP_POSITIONS = 2_000
+# How far into the past a new board reaches for a `from` before now: "today" in any time zone
+# (the booking page asks from the viewer's midnight), not history, which would fill a board
+# with past slots and cut it before the ones people book.
+LOOKBACK = timedelta(days=1)
 
 _SLOT_SERIALIZER = SlotRead.__pydantic_serializer__
 _PAGE_SERIALIZER = SlotPage.__pydantic_serializer__
@@ -282,7 +286,7 @@ class Boards:
             return board
         with read_transaction(session) as now:
             if board is None or board.position > position or position - board.position > CATCH_UP_POSITIONS:
-                lower = board.lower if board is not None else min(start_from or now, now)
+                lower = board.lower if board is not None else max(min(start_from or now, now), now - LOOKBACK)
                 board = _load(session, now, room_id, position, lower)
             else:
                 board = _catch_up(session, now, board, position)

@@ -152,6 +152,22 @@ def test_a_hold_lapsing_while_the_board_is_kept_reads_available_without_a_write(
         assert (mine["hold_id"], mine["expires_at"], mine["held_until"]) == (None, None, None)
 
 
+def test_a_board_reaches_back_a_day_at_most_and_older_ranges_still_answer_from_sql(client: TestClient) -> None:
+    alice = make_user(client)
+    with freeze_time(NOW - timedelta(days=3)):
+        room = make_room(client)
+        old = _slot_at(client, room, -48)  # a day before NOW, then in the future
+    with freeze_time(NOW):
+        new = _slot_at(client, room, 10)
+        params = {"room_id": room, "from": (NOW - timedelta(days=2)).isoformat()}
+        response = client.get("/slots", params=params, headers=alice.auth)
+        assert response.content == _sql_page(client, alice, params)
+        assert [item["id"] for item in response.json()["items"]] == [old, new]
+        (kept,) = _boards(client)._boards.values()
+        assert kept.lower == NOW - board.LOOKBACK
+        assert list(_statuses(client, room, alice)) == [new]
+
+
 def test_a_current_board_answers_after_one_head_read_and_nothing_else(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
