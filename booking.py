@@ -690,14 +690,20 @@ def slot_status(row: Row[Any], viewer_id: uuid.UUID | None, now: datetime) -> Sl
     """A slot's status for this caller at `now`, from its row's claim_* columns.
 
     The same rule as the listing's SQL CASE, judged again at `now`: a board that keeps a row
-    (the live stream) sees a hold lapse without reading the database again.
+    (the live stream, a room's board) sees a hold lapse without reading the database again.
     """
-    if row.claim_id is None or (row.claim_status == HOLD and row.claim_expires_at <= now):
+    return claim_seen_as(row.claim_status, row.claim_expires_at, row.claim_user_id, viewer_id, now)
+
+
+def claim_seen_as(
+    status: str | None, expires_at: datetime | None, owner: uuid.UUID | None, viewer_id: uuid.UUID | None, now: datetime
+) -> SlotStatus:
+    """`slot_status` from the claim's values (None: no live claim when read), for boards that keep them unpacked."""
+    if status is None or (status == HOLD and expires_at <= now):  # type: ignore[operator]
         return SlotStatus.AVAILABLE
-    if row.claim_status == CONFIRMED:
+    if status == CONFIRMED:
         return SlotStatus.BOOKED
-    mine = viewer_id is not None and row.claim_user_id == viewer_id
-    return SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER
+    return SlotStatus.HELD_BY_ME if viewer_id is not None and owner == viewer_id else SlotStatus.HELD_BY_OTHER
 
 
 def slot_view(row: Row[Any], viewer_id: uuid.UUID | None, now: datetime) -> SlotRead:

@@ -112,7 +112,8 @@ def sse_frame(kind: str, position: int, data: bytes) -> bytes:
 # --- reading the log ---------------------------------------------------------------------------
 
 
-def _changes(session: Session, now: datetime, after: int, upto: int | None, scope: Range | None) -> Batch:
+def changes(session: Session, now: datetime, after: int, upto: int | None, scope: Range | None) -> Batch:
+    """The committed events in (after, upto] (None: to the newest), in `scope`, with each slot's row as read now."""
     events = SlotEvent.__table__.c
     newest = func.max(events.position).label("position")
     stmt = select(newest, events.slot_id, events.room_id, events.starts_at).where(events.position > after)
@@ -139,13 +140,13 @@ def read_changes(session: Session, after: int | None) -> Batch:
         if after is None:
             position = changelog.head(session)
             return Batch(position, position, [])
-        return _changes(session, now, after, None, None)
+        return changes(session, now, after, None, None)
 
 
 def read_gap(session: Session, after: int, upto: int, scope: Range) -> Batch:
     """A stream's own read of events it has not had: (after, upto], in its range."""
     with read_transaction(session) as now:
-        return _changes(session, now, after, upto, scope)
+        return changes(session, now, after, upto, scope)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ class Opening:
     rows: Sequence[Any]
     resumed: Batch | None  # None: send a snapshot
     lapsed: Sequence[Any] = ()  # resume: slots whose hold lapsed unwritten (the client may still show it)
+    entries: Sequence[Any] | None = None  # a snapshot from a room's board (board.Entry): its JSON is encoded
 
 
 def open_stream(session: Session, scope: Range, last_event_id: int | None) -> Opening:
@@ -181,7 +183,7 @@ def open_stream(session: Session, scope: Range, last_event_id: int | None) -> Op
             raise NotFound(Code.ROOM_NOT_FOUND, "No room has this id.")
         if last_event_id is None or not _resumable(session, last_event_id, position):
             return Opening(position, rows, None)
-        resumed = _changes(session, now, last_event_id, position, scope)
+        resumed = changes(session, now, last_event_id, position, scope)
         if not _resumable(session, last_event_id, position):
             # Pruned while it was read (PostgreSQL reads each statement afresh): a snapshot instead.
             return Opening(position, rows, None)

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session
 
 from auth import issue_token, resolve_admin_token
+from board import Boards
 from bodylimit import BodyLimit
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
@@ -48,7 +49,12 @@ def _start(settings: Settings) -> AppState:
                 )
     print("\n".join(lines), flush=True)
     return AppState(
-        settings=settings, db=db, tokens=TokenCache(), admin_token_hash=admin.token_hash, hub=Hub(db, settings)
+        settings=settings,
+        db=db,
+        tokens=TokenCache(),
+        admin_token_hash=admin.token_hash,
+        hub=Hub(db, settings),
+        boards=Boards(db),
     )
 
 

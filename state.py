@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.datastructures import State
 
+from board import Boards
 from config import Settings
 from db import Database
 from live import Hub
@@ -14,7 +15,7 @@ from tokens import TokenCache
 
 @dataclass(frozen=True, eq=False)
 class AppState(State):
-    """The running app's settings, database, token cache, admin token's hash and live hub; fixed once start-up is done.
+    """What the running app was started with (settings, database, tokens, live hub, room boards); fixed once started.
 
     A Starlette `State`, so it can stand as `app.state` itself (tests reach `app.state.db`).
     """
@@ -24,6 +25,7 @@ class AppState(State):
     tokens: TokenCache
     admin_token_hash: str = field(repr=False)
     hub: Hub
+    boards: Boards
 
     def __post_init__(self) -> None:
         State.__init__(self)  # the backing store Starlette's State falls back to; stays empty
@@ -49,6 +51,11 @@ async def _hub(request: Request) -> Hub:
     return app_state(request).hub
 
 
+async def _boards(request: Request) -> Boards:
+    return app_state(request).boards
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HubDep = Annotated[Hub, Depends(_hub)]
 DatabaseDep = Annotated[Database, Depends(_database)]
+BoardsDep = Annotated[Boards, Depends(_boards)]

@@ -13,6 +13,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from board import Boards
 from booking import HOLD
 from clock import utc_now
 from live import Batch, Hub, Opening, Range, Subscriber, open_stream, read_gap, render, sse_frame
@@ -65,17 +68,28 @@ def parse_last_event_id(value: str | None) -> int | None:
 
 
 async def open_events(
-    hub: Hub, scope: Range, viewer_id: uuid.UUID | None, last_event_id: int | None
+    hub: Hub, boards: Boards, scope: Range, viewer_id: uuid.UUID | None, last_event_id: int | None
 ) -> AsyncIterator[bytes]:
     """Subscribe, read the opening state (errors raise here, before any byte is sent), return the events."""
     subscriber = Subscriber()
     hub.subscribe(subscriber)  # before reading: every batch from here on reaches this stream
     try:
-        opening = await hub.db.run(lambda session: open_stream(session, scope, last_event_id))
+        opening = await hub.db.run(partial(_open, boards, scope, last_event_id))
     except BaseException:
         hub.unsubscribe(subscriber)
         raise
     return _events(hub, subscriber, scope, viewer_id, opening)
+
+
+def _open(boards: Boards, scope: Range, last_event_id: int | None, session: Session) -> Opening:
+    # A snapshot of one room from its board, current at the log's head like a listing's; a
+    # resume, or a range the board does not hold, reads SQL as before.
+    if last_event_id is None and scope.room_id is not None:
+        snapshot = boards.snapshot(session, scope.room_id, scope.start_from, scope.start_to)
+        if snapshot is not None:
+            position, entries = snapshot
+            return Opening(position, [entry.row for entry in entries], None, entries=entries)
+    return open_stream(session, scope, last_event_id)
 
 
 # After the snapshot: a reconnecting EventSource waits a second. Sent as its own write so the
@@ -93,7 +107,10 @@ async def _events(
         board.shown(row.id, row, now)
     try:
         if opening.resumed is None:
-            items = b",".join(render(row, viewer_id, now) for row in opening.rows)
+            if opening.entries is not None:  # from a board: each slot's JSON is encoded already
+                items = b",".join(entry.render(viewer_id, now)[1] for entry in opening.entries)
+            else:
+                items = b",".join(render(row, viewer_id, now) for row in opening.rows)
             yield sse_frame("snapshot", opening.position, b'{"items":[' + items + b"]}")
             del items
         else:

@@ -1,10 +1,10 @@
 """/slots: user-aware availability, and admin deletion."""
 
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
 import booking
@@ -17,7 +17,7 @@ from openapi import WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
 from schemas import Cursor, SlotPage, SlotRead, SlotStatus, UtcDatetime
-from state import DatabaseDep, HubDep
+from state import BoardsDep, DatabaseDep, HubDep
 
 router = APIRouter(prefix="/slots", tags=["slots"])
 
@@ -48,7 +48,7 @@ def _viewer(user_id: uuid.UUID | None, claimed: uuid.UUID | None) -> uuid.UUID |
 )
 async def list_slots(
     viewer: ViewerId,
-    db: DatabaseDep,
+    boards: BoardsDep,
     room_id: uuid.UUID | None = None,
     start_from: Annotated[
         UtcDatetime | None, Query(alias="from", description="Slots starting at or after this (default: now)")
@@ -60,12 +60,11 @@ async def list_slots(
     user_id: UserIdQuery = None,
 ) -> Response:
     """Slots by start time, each with its status for the caller (anonymous: every hold is HELD_BY_OTHER)."""
-
     viewer_id = _viewer(viewer, user_id)
-
-    def work(session: Session) -> SlotPage:
-        return booking.list_slots(
-            session,
+    # The room's board answers after one log-position check (board.py); the rest is SQL as before.
+    body = await boards.db.run(
+        partial(
+            boards.list_slots,
             viewer_id=viewer_id,
             room_id=room_id,
             start_from=start_from,
@@ -74,8 +73,8 @@ async def list_slots(
             limit=limit,
             cursor=cursor,
         )
-
-    return json_response(await db.run(work))
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -100,6 +99,7 @@ async def list_slots(
 async def stream_slots(
     viewer: ViewerId,
     hub: HubDep,
+    boards: BoardsDep,
     room_id: uuid.UUID | None = None,
     start_from: Annotated[
         UtcDatetime | None, Query(alias="from", description="Slots starting at or after this (default: now)")
@@ -114,7 +114,7 @@ async def stream_slots(
     """Live board: the slots of GET /slots (at most 1,000) as a snapshot, then every change as it commits."""
     viewer_id = _viewer(viewer, user_id)
     scope = live.Range(room_id, start_from or utc_now(), start_to)
-    events = await stream.open_events(hub, scope, viewer_id, stream.parse_last_event_id(last_event_id))
+    events = await stream.open_events(hub, boards, scope, viewer_id, stream.parse_last_event_id(last_event_id))
     # ping=0: the stream writes its own heartbeats (stream.py), one task fewer per open stream.
     return EventSourceResponse(
         events,
