@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import Engine
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -68,27 +68,43 @@ _FIRST_ID = uuid.UUID(int=0)
 _HEAD_SQL = "SELECT max(position) FROM slot_events"
 
 
-def head(engine: Engine) -> int:
-    """The change log's newest position (0 for an empty log), in one statement on the driver connection."""
-    connection = engine.raw_connection()
-    driver: Any = connection.driver_connection
+def head(session: Session) -> int:
+    """The change log's newest position (0 for an empty log), in one statement on the driver connection.
+
+    On the connection Database.run bound the session to: a second checkout would wait for the
+    one this request already holds (in-memory SQLite has only one).
+    """
+    if session.in_transaction():
+        raise RuntimeError("the log's head is read before the request's transactions")
+    bind = session.get_bind()
+    # The bound Connection's pooled DBAPI connection, reached without beginning a transaction.
+    pooled = bind.connection if isinstance(bind, Connection) else bind.raw_connection()
+    driver: Any = pooled.driver_connection
+    dialect = bind.dialect
     # psycopg: in autocommit, no BEGIN and no ROLLBACK round trip around the read (SQLAlchemy's
     # own pre-ping does the same); SQLite's connections are in autocommit already (db.py).
-    postgres = engine.dialect.name == "postgresql"
+    postgres = dialect.name == "postgresql"
     try:
         if postgres:
             driver.autocommit = True
-        # fetchall: a SQLite statement left unfinished would keep its read snapshot open.
-        value = driver.execute(_HEAD_SQL).fetchall()[0][0]
-        if postgres:
-            driver.autocommit = False
-    except engine.dialect.loaded_dbapi.Error as exc:
+        try:
+            # fetchall: a SQLite statement left unfinished would keep its read snapshot open.
+            value = driver.execute(_HEAD_SQL).fetchall()[0][0]
+        finally:
+            if postgres:
+                driver.autocommit = False
+    except dialect.loaded_dbapi.Error as exc:
         # As SQLAlchemy would raise it, so the usual handler answers (503 DATABASE_UNAVAILABLE, ...).
-        if postgres or engine.dialect.is_disconnect(exc, connection, None):
-            connection.invalidate(exc)  # never back to the pool broken or left in autocommit
-        raise DBAPIError.instance(_HEAD_SQL, None, exc, engine.dialect.loaded_dbapi.Error) from exc
+        if postgres or dialect.is_disconnect(exc, pooled, None):
+            # Never reused broken: the pool replaces it (Database.run may then retry the work).
+            if isinstance(bind, Connection):
+                bind.invalidate(exc)
+            else:
+                pooled.invalidate(exc)
+        raise DBAPIError.instance(_HEAD_SQL, None, exc, dialect.loaded_dbapi.Error) from exc
     finally:
-        connection.close()  # back to the pool, which ends the driver's transaction if it opened one
+        if not isinstance(bind, Connection):
+            pooled.close()
     return int(value) if value is not None else 0
 
 
@@ -277,7 +293,7 @@ class Boards:
         caller checks that it covers what it needs.
         """
         # The head first, in its own read: whatever is read after it is at least as new.
-        position = head(self.db.engine)
+        position = head(session)
         board = self._boards.get(room_id)
         if board is not None and board.position == position:
             with self._lock:

@@ -180,8 +180,8 @@ def test_a_current_board_answers_after_one_head_read_and_nothing_else(
     statements: list[str] = []
     read_head = board.head
 
-    def counted_head(engine: Engine) -> int:
-        heads.append(read_head(engine))
+    def counted_head(session: Session) -> int:
+        heads.append(read_head(session))
         return heads[-1]
 
     def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
