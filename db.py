@@ -344,9 +344,10 @@ def read_transaction(session: Session) -> Iterator[datetime]:
     attempt = None if session.in_transaction() else _ATTEMPT.get()
     if attempt is not None:
         attempt.reading = True
+    autocommit: Connection | None = None
     try:
         if not session.in_transaction() and _statements_are_snapshots(session):
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            autocommit = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         try:
             yield utc_now()
         except BaseException:
@@ -356,6 +357,10 @@ def read_transaction(session: Session) -> Iterator[datetime]:
     finally:
         if attempt is not None:
             attempt.reading = False
+        if autocommit is not None and not (autocommit.closed or autocommit.invalidated):
+            # A connection that outlives the block (a session bound to one connection for the
+            # whole unit of work) must begin the unit's next transaction as a transaction.
+            autocommit.execution_options(isolation_level=autocommit.default_isolation_level)
 
 
 def _statements_are_snapshots(session: Session) -> bool:

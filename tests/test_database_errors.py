@@ -1,5 +1,6 @@
 """Database failures the domain does not handle still become problem documents, never a 500."""
 
+import contextlib
 import sqlite3
 
 import pytest
@@ -187,28 +188,34 @@ def test_postgres_a_write_whose_commit_fate_is_unknown_is_not_run_again(
         assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
 
 
-def test_postgres_reads_run_without_a_transaction_and_writes_still_run_in_one(postgres_settings: Settings) -> None:
+@pytest.mark.parametrize("bind", ["engine", "one connection"])
+def test_postgres_reads_run_without_a_transaction_and_writes_still_run_in_one(
+    postgres_settings: Settings, bind: str
+) -> None:
     # READ COMMITTED reads each statement's own snapshot in a transaction or not: a read block
     # saves BEGIN and COMMIT. The write after it on the same session must be a transaction again
-    # (its row locks last until COMMIT), not left in autocommit by the read.
+    # (its row locks last until COMMIT), not left in autocommit by the read, whether the session
+    # checks a connection out per transaction or holds one for the whole unit of work.
     from psycopg.pq import TransactionStatus
 
     from db import Database, read_transaction, write_transaction
 
+    def status(session: Session) -> TransactionStatus:
+        return session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr,no-any-return]
+
     db = Database(postgres_settings)
     db.engine.connect().close()  # as start-up does: the engine learns the server's isolation level
     try:
-        with Session(db.engine) as session:
-            with read_transaction(session):
-                session.execute(text("SELECT 1"))
-                assert session.connection().connection.dbapi_connection.info.transaction_status == (  # type: ignore[union-attr]
-                    TransactionStatus.IDLE
-                )
-            with write_transaction(session):
-                session.execute(text("SELECT 1"))
-                assert session.connection().connection.dbapi_connection.info.transaction_status == (  # type: ignore[union-attr]
-                    TransactionStatus.INTRANS
-                )
+        with contextlib.ExitStack() as stack:
+            target = db.engine if bind == "engine" else stack.enter_context(db.engine.connect())
+            session = stack.enter_context(Session(target))
+            for _ in range(2):
+                with read_transaction(session):
+                    session.execute(text("SELECT 1"))
+                    assert status(session) == TransactionStatus.IDLE
+                with write_transaction(session):
+                    session.execute(text("SELECT 1"))
+                    assert status(session) == TransactionStatus.INTRANS
     finally:
         db.dispose()
 
