@@ -31,9 +31,11 @@ class Settings(BaseSettings):
     # How long a SQLite writer waits for another process's write lock before giving up (503).
     # The worker's event loop waits with it, so keep it short (see docs/performance.md#sqlite-on-the-event-loop).
     sqlite_busy_timeout_seconds: float = Field(5.0, gt=0)
-    # PostgreSQL connection pool, per worker process.
+    # PostgreSQL connection pool, per worker process; the worker's thread pool is sized to it.
+    # An overflow connection is opened for one use and closed after it (a new PostgreSQL backend
+    # each time under load), so none by default: the pool's connections stay open and prepared.
     db_pool_size: int = Field(10, ge=1)
-    db_max_overflow: int = Field(10, ge=0)
+    db_max_overflow: int = Field(0, ge=0)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
     # PostgreSQL, per connection: a statement waiting this long for a row lock, or running this
     # long, is cancelled and its request is a 503 DATABASE_BUSY, rather than holding a pooled

@@ -5,6 +5,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -15,7 +17,7 @@ from anyio import to_thread
 from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
@@ -84,7 +86,8 @@ class Database:
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
-                pool_pre_ping=True,
+                # No ping per checkout (a round trip per transaction): a connection found dropped
+                # is recovered by running the request's work once more (Database.run).
                 connect_args={
                     "application_name": "booking-api",
                     "connect_timeout": settings.db_connect_timeout_seconds,
@@ -93,6 +96,7 @@ class Database:
                     ),
                 },
             )
+            event.listen(self.engine, "commit", _note_commit)
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
         # SQLite is in-process and lets one writer in at a time, so a request's database work
@@ -164,7 +168,31 @@ class Database:
         """
         if self.on_event_loop:
             return self._run(work)
-        return await to_thread.run_sync(self._run, work)
+        return await to_thread.run_sync(self._run_retrying, work)
+
+    def _run_retrying(self, work: Callable[[Session], T]) -> T:
+        """`_run`, once more if the connection dropped before this work could have committed a write.
+
+        A pooled connection is not pinged before use, so one that PostgreSQL dropped meanwhile
+        (a restart, an idle-connection reaper, pg_terminate_backend) fails the first statement
+        sent on it; SQLAlchemy then discards it and every connection opened before it, and the
+        work runs again on a fresh one. Only when no COMMIT of a transaction that may have
+        written was sent: a write whose COMMIT went out on a connection that then dropped may
+        have committed, and running it again could make the change twice (a second hold, a
+        second booking), so that failure reaches the caller as a 503 like any other.
+        A transaction that dropped before its COMMIT was rolled back by PostgreSQL.
+        """
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
+        try:
+            try:
+                return self._run(work)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or attempt.commit_sent:
+                    raise
+            return self._run(work)
+        finally:
+            _ATTEMPT.reset(token)
 
     def _run(self, work: Callable[[Session], T]) -> T:
         # One pooled connection for the whole unit of work, not one checkout (and reset) per
@@ -178,6 +206,24 @@ class Database:
             finally:
                 if session.info.pop(changelog.WRITTEN, False) and self.on_log_written is not None:
                     self.on_log_written()
+
+
+@dataclass
+class _Attempt:
+    """One run of a request's work on PostgreSQL, as the retry rule (Database._run_retrying) sees it."""
+
+    commit_sent: bool = False  # a COMMIT of a transaction that may have written went out
+    reading: bool = False  # inside read_transaction: its end commits nothing written
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("db_attempt", default=None)
+
+
+def _note_commit(_connection: Connection) -> None:
+    """Engine hook, run before a COMMIT is sent: from here on the work's outcome may be committed."""
+    attempt = _ATTEMPT.get()
+    if attempt is not None and not attempt.reading:
+        attempt.commit_sent = True
 
 
 def _postgres_timeouts(lock_seconds: float, statement_seconds: float) -> str:
@@ -299,13 +345,41 @@ def read_transaction(session: Session) -> Iterator[datetime]:
 
     A transaction left open would keep its connection (SQLite: its snapshot; PostgreSQL: a
     pooled connection) past the end of the request's unit of work, so none outlives its block.
+
+    On PostgreSQL at READ COMMITTED (its default) every statement reads its own snapshot, in a
+    transaction or not, so the block's statements run in autocommit mode: the same view of the
+    data, without the BEGIN and COMMIT round trips. Reads that must agree with each other are
+    written for that (see live.open_stream); a block that takes locks is a write_transaction.
     """
+    # A transaction left open (a write's, awaiting its idempotency key) is not this block's to
+    # call a read: its COMMIT here counts as a write's for the retry rule.
+    attempt = None if session.in_transaction() else _ATTEMPT.get()
+    if attempt is not None:
+        attempt.reading = True
+    autocommit: Connection | None = None
     try:
-        yield utc_now()
-    except BaseException:
-        session.rollback()
-        raise
-    session.commit()  # not rollback: rollback would expire the rows the block loaded
+        if not session.in_transaction() and _statements_are_snapshots(session):
+            autocommit = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        try:
+            yield utc_now()
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()  # not rollback: rollback would expire the rows the block loaded
+    finally:
+        if attempt is not None:
+            attempt.reading = False
+        if autocommit is not None and not (autocommit.closed or autocommit.invalidated):
+            # A connection that outlives the block (a session bound to one connection for the
+            # whole unit of work) must begin the unit's next transaction as a transaction.
+            autocommit.execution_options(isolation_level=autocommit.default_isolation_level)
+
+
+def _statements_are_snapshots(session: Session) -> bool:
+    """Does each statement read its own snapshot anyway (PostgreSQL, READ COMMITTED)?"""
+    dialect = session.get_bind().dialect
+    # Learnt from the server on the engine's first connection; until then, a transaction.
+    return dialect.name == "postgresql" and getattr(dialect, "default_isolation_level", None) == "READ COMMITTED"
 
 
 def create_schema(engine: Engine) -> None:

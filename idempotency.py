@@ -241,9 +241,9 @@ async def respond(
     """Run a POST's database work once per key in the caller's `scope`; answer with its JSON or the stored answer."""
     if idempotency is None:
         return json_response(await db.run(work), status_code)
-    claim = idempotency.scoped(scope)
     ttl = timedelta(seconds=settings.idempotency_key_ttl_seconds)
-    return await db.run(lambda session: _run(claim, ttl, work, status_code, session))
+    # A fresh claim per run: Database.run may run the work again after a dropped connection.
+    return await db.run(lambda session: _run(idempotency.scoped(scope), ttl, work, status_code, session))
 
 
 def count(session: Session) -> int:

@@ -1,14 +1,18 @@
 """Database failures the domain does not handle still become problem documents, never a 500."""
 
+import contextlib
 import sqlite3
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 
 from config import Settings
 from main import create_app
+from tests.conftest import POSTGRES_URL, empty_postgres
 from tests.factories import assert_problem, isolated_settings, make_slot, make_user
 
 
@@ -93,3 +97,154 @@ def test_a_worker_starting_while_another_writes_a_new_sqlite_file_waits_instead_
     finally:
         releaser.join()
         blocker.close()
+
+
+# --- PostgreSQL: connections that drop (no ping before use; one retry, only when it is safe) -------
+
+
+@pytest.fixture
+def postgres_settings(postgres_engine: Engine) -> Settings:
+    empty_postgres(postgres_engine)
+    return isolated_settings(database_url=POSTGRES_URL)
+
+
+def _terminate(engine: Engine, where: str, **params: object) -> int:
+    """Terminate the service's backends matching `where`, waiting until each has gone; return how many."""
+    with engine.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+                f" WHERE datname = current_database() AND application_name = 'booking-api' AND {where}"
+            ),
+            params,
+        ).scalar_one()
+        conn.commit()
+    return int(killed)
+
+
+def _kill_pooled_connections(engine: Engine) -> None:
+    assert _terminate(engine, "pid <> pg_backend_pid()") > 0, "the app had no pooled connection to drop"
+
+
+def test_postgres_connections_dropped_between_requests_are_reopened_and_the_request_succeeds(
+    postgres_engine: Engine, postgres_settings: Settings
+) -> None:
+    # Every pooled connection is terminated between requests (a restart, a reaper). Nothing
+    # pings a connection before use: the first statement on a dead one fails before anything
+    # could have committed, and the request's work runs once more on a fresh connection.
+    with TestClient(create_app(postgres_settings)) as client:
+        alice, slot = make_user(client), make_slot(client)
+        assert client.get(f"/slots/{slot}", headers=alice.auth).status_code == 200
+
+        _kill_pooled_connections(postgres_engine)
+        assert client.get(f"/slots/{slot}", headers=alice.auth).json()["status"] == "AVAILABLE"  # a read
+
+        _kill_pooled_connections(postgres_engine)
+        created = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)  # a read, then a write
+        assert created.status_code == 201, created.text
+        hold_id = created.json()["hold_id"]
+
+        _kill_pooled_connections(postgres_engine)
+        confirmed = client.post(f"/holds/{hold_id}/confirm", headers=alice.auth)  # a write alone
+        assert confirmed.status_code == 200, confirmed.text
+
+        _kill_pooled_connections(postgres_engine)
+        keyed = client.post(
+            "/holds", json={"slot_id": make_slot(client)}, headers={**alice.auth, "Idempotency-Key": "k-1"}
+        )
+        assert keyed.status_code == 201, keyed.text
+        # Each change made once: the retries repeated nothing that had committed.
+        holds = client.get("/holds", headers=alice.auth).json()["items"]
+        assert sorted(h["status"] for h in holds) == ["CONFIRMED", "HOLD"]
+
+
+def test_postgres_a_write_whose_commit_fate_is_unknown_is_not_run_again(
+    postgres_engine: Engine, postgres_settings: Settings
+) -> None:
+    # The connection drops just as the hold's COMMIT is sent. Whether PostgreSQL committed it
+    # cannot be known from here (here it did not: the backend was gone first), so running the
+    # work again could make the change twice: the client gets a 503 and decides (an
+    # Idempotency-Key makes its retry safe), and the service does not retry on its own.
+    with TestClient(create_app(postgres_settings), raise_server_exceptions=False) as client:
+        alice, slot = make_user(client), make_slot(client)
+        assert client.get("/users/me", headers=alice.auth).status_code == 200  # the token's first use, written
+        engine = client.app.state.db.engine  # type: ignore[attr-defined]
+        armed = {"on": False, "killed": 0}
+
+        @event.listens_for(engine, "commit")
+        def drop_before_commit(conn: Connection) -> None:
+            dbapi = conn.connection.dbapi_connection
+            if armed["on"] and not dbapi.autocommit:  # a write's COMMIT (reads run in autocommit)
+                armed["on"] = False
+                armed["killed"] += _terminate(postgres_engine, "pid = :pid", pid=dbapi.info.backend_pid)
+
+        armed["on"] = True
+        response = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)
+        event.remove(engine, "commit", drop_before_commit)
+        assert armed["killed"] == 1
+        assert_problem(response, 503, "DATABASE_BUSY")
+        assert client.get(f"/slots/{slot}", headers=alice.auth).json()["status"] == "AVAILABLE"
+        assert client.get("/holds", headers=alice.auth).json()["items"] == []
+        assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
+
+
+@pytest.mark.parametrize("bind", ["engine", "one connection"])
+def test_postgres_reads_run_without_a_transaction_and_writes_still_run_in_one(
+    postgres_settings: Settings, bind: str
+) -> None:
+    # READ COMMITTED reads each statement's own snapshot in a transaction or not: a read block
+    # saves BEGIN and COMMIT. The write after it on the same session must be a transaction again
+    # (its row locks last until COMMIT), not left in autocommit by the read, whether the session
+    # checks a connection out per transaction or holds one for the whole unit of work.
+    from psycopg.pq import TransactionStatus
+
+    from db import Database, read_transaction, write_transaction
+
+    def status(session: Session) -> TransactionStatus:
+        return session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr,no-any-return]
+
+    db = Database(postgres_settings)
+    db.engine.connect().close()  # as start-up does: the engine learns the server's isolation level
+    try:
+        with contextlib.ExitStack() as stack:
+            target = db.engine if bind == "engine" else stack.enter_context(db.engine.connect())
+            session = stack.enter_context(Session(target))
+            for _ in range(2):
+                with read_transaction(session):
+                    session.execute(text("SELECT 1"))
+                    assert status(session) == TransactionStatus.IDLE
+                with write_transaction(session):
+                    session.execute(text("SELECT 1"))
+                    assert status(session) == TransactionStatus.INTRANS
+    finally:
+        db.dispose()
+
+
+def test_postgres_a_keyed_write_dropped_before_its_commit_runs_again_once(
+    postgres_engine: Engine, postgres_settings: Settings
+) -> None:
+    # The connection drops while the Idempotency-Key is being stored, in the change's own
+    # transaction, before its COMMIT: PostgreSQL rolled both back, so the work runs again,
+    # from the start (the key's claim too), and the change is made once.
+    with TestClient(create_app(postgres_settings)) as client:
+        alice, slot = make_user(client), make_slot(client)
+        assert client.get("/users/me", headers=alice.auth).status_code == 200
+        engine = client.app.state.db.engine  # type: ignore[attr-defined]
+        killed = []
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def drop_storing_the_key(conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
+            if not killed and statement.startswith("INSERT INTO idempotency_keys"):
+                killed.append(
+                    _terminate(postgres_engine, "pid = :pid", pid=conn.connection.dbapi_connection.info.backend_pid)
+                )
+
+        response = client.post("/holds", json={"slot_id": slot}, headers={**alice.auth, "Idempotency-Key": "k-2"})
+        event.remove(engine, "before_cursor_execute", drop_storing_the_key)
+        assert killed == [1]
+        assert response.status_code == 201, response.text
+        again = client.post("/holds", json={"slot_id": slot}, headers={**alice.auth, "Idempotency-Key": "k-2"})
+        assert again.headers["idempotent-replayed"] == "true" and again.json() == response.json()
+        assert [h["hold_id"] for h in client.get("/holds", headers=alice.auth).json()["items"]] == [
+            response.json()["hold_id"]
+        ]
