@@ -95,13 +95,18 @@ def head(session: Session) -> int:
                 driver.autocommit = False
     except dialect.loaded_dbapi.Error as exc:
         # As SQLAlchemy would raise it, so the usual handler answers (503 DATABASE_UNAVAILABLE, ...).
-        if postgres or dialect.is_disconnect(exc, pooled, None):
-            # Never reused broken: the pool replaces it (Database.run may then retry the work).
+        dropped = dialect.is_disconnect(exc, pooled, None)
+        if postgres or dropped:
+            # Never reused broken: the pool replaces it.
             if isinstance(bind, Connection):
                 bind.invalidate(exc)
             else:
                 pooled.invalidate(exc)
-        raise DBAPIError.instance(_HEAD_SQL, None, exc, dialect.loaded_dbapi.Error) from exc
+        # A dropped connection is marked so, as SQLAlchemy marks it: Database.run then runs the
+        # request once more on a fresh one (nothing was written).
+        raise DBAPIError.instance(
+            _HEAD_SQL, None, exc, dialect.loaded_dbapi.Error, connection_invalidated=dropped
+        ) from exc
     finally:
         if not isinstance(bind, Connection):
             pooled.close()

@@ -139,6 +139,12 @@ def test_postgres_connections_dropped_between_requests_are_reopened_and_the_requ
         _kill_pooled_connections(postgres_engine)
         assert client.get(f"/slots/{slot}", headers=alice.auth).json()["status"] == "AVAILABLE"  # a read
 
+        room_id = client.get(f"/slots/{slot}").json()["room_id"]
+        assert client.get("/slots", params={"room_id": room_id}).status_code == 200  # the room's board, kept
+        _kill_pooled_connections(postgres_engine)
+        listing = client.get("/slots", params={"room_id": room_id})  # the board's head read, on the driver
+        assert listing.status_code == 200, listing.text
+
         _kill_pooled_connections(postgres_engine)
         created = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)  # a read, then a write
         assert created.status_code == 201, created.text
