@@ -182,7 +182,8 @@ async def _token_user_id(state: AppState, token: str) -> uuid.UUID | None:
     return user_id
 
 
-async def _viewer_id(request: Request) -> uuid.UUID | None:
+async def get_viewer_id(request: Request) -> uuid.UUID | None:
+    """The token's user id, None without a token; an invalid token is still a 401."""
     token = bearer_token(request)
     if token is None:
         return None
@@ -192,15 +193,10 @@ async def _viewer_id(request: Request) -> uuid.UUID | None:
     return user_id
 
 
-async def get_viewer_id(request: Request) -> uuid.UUID | None:
-    """The token's user id, None without a token; an invalid token is still a 401."""
-    return await _viewer_id(request)
-
-
 async def get_current_user_id(request: Request) -> uuid.UUID:
     """The token's user id; 401 without a token."""
-    # Not a sub-dependency on get_viewer_id: one dependency resolved per request, not two.
-    user_id = await _viewer_id(request)
+    # Called, not declared as a sub-dependency: one dependency resolved per request, not two.
+    user_id = await get_viewer_id(request)
     if user_id is None:
         raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs an Authorization: Bearer <token> header.")
     return user_id
