@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,8 +25,21 @@ from tokens import hash_token
 ADMIN_SECRET = "admin_token_sha256"
 ROTATE_COMMAND = "python -m auth rotate-admin-token"
 
-_bearer = HTTPBearer(auto_error=False, description="A user token, or the admin token for admin routes")
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+def bearer_token(request: Request) -> str | None:
+    """The request's `Authorization: Bearer <token>` token; None without one (or with another scheme).
+
+    Read here, not by a `fastapi.security.HTTPBearer` sub-dependency: each dependency costs a
+    resolution per request, and the document's security comes from openapi.py, not from it.
+    """
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if not (scheme and token) or scheme.lower() != "bearer":
+        return None
+    return token
 
 
 def _add_token(session: Session, user_id: uuid.UUID, now: datetime, ttl: timedelta | None) -> str:
@@ -170,40 +182,45 @@ async def _token_user_id(state: AppState, token: str) -> uuid.UUID | None:
     return user_id
 
 
-async def get_viewer_id(request: Request, credentials: BearerDep) -> uuid.UUID | None:
+async def get_viewer_id(request: Request) -> uuid.UUID | None:
     """The token's user id, None without a token; an invalid token is still a 401."""
-    if credentials is None:
+    token = bearer_token(request)
+    if token is None:
         return None
-    user_id = await _token_user_id(app_state(request), credentials.credentials)
+    user_id = await _token_user_id(app_state(request), token)
     if user_id is None:
         raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
     return user_id
 
 
-async def get_current_user_id(user_id: Annotated[uuid.UUID | None, Depends(get_viewer_id)]) -> uuid.UUID:
+async def get_current_user_id(request: Request) -> uuid.UUID:
     """The token's user id; 401 without a token."""
+    # Called, not declared as a sub-dependency: one dependency resolved per request, not two.
+    user_id = await get_viewer_id(request)
     if user_id is None:
         raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs an Authorization: Bearer <token> header.")
     return user_id
 
 
-async def require_admin(request: Request, credentials: BearerDep) -> None:
+async def require_admin(request: Request) -> None:
     """Admit only the admin token: 401 without a valid token, 403 for a user token."""
-    if credentials is None:
+    token = bearer_token(request)
+    if token is None:
         raise Unauthenticated(Code.MISSING_TOKEN, "This endpoint needs the admin bearer token.")
     state = app_state(request)
     # Hashes of equal length compared in constant time: no timing hint about the admin token.
-    if secrets.compare_digest(hash_token(credentials.credentials).encode(), state.admin_token_hash.encode()):
+    if secrets.compare_digest(hash_token(token).encode(), state.admin_token_hash.encode()):
         return
-    if await _token_user_id(state, credentials.credentials) is not None:
+    if await _token_user_id(state, token) is not None:
         raise Forbidden(Code.ADMIN_REQUIRED, "This endpoint needs the admin token, not a user token.")
     raise Unauthenticated(Code.INVALID_TOKEN, "The bearer token is not valid.")
 
 
-async def get_current_token_hash(_: Annotated[uuid.UUID, Depends(get_current_user_id)], credentials: BearerDep) -> str:
+async def get_current_token_hash(request: Request, _: Annotated[uuid.UUID, Depends(get_current_user_id)]) -> str:
     """The hash of the valid user token the request came with (to revoke it)."""
-    assert credentials is not None  # get_current_user_id has admitted it
-    return hash_token(credentials.credentials)
+    token = bearer_token(request)
+    assert token is not None  # get_current_user_id has admitted it
+    return hash_token(token)
 
 
 async def _token_cache(request: Request) -> TokenCache:

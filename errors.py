@@ -3,14 +3,15 @@
 import logging
 from collections.abc import Mapping
 from enum import Enum
+from functools import lru_cache
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from requestid import HEADER as REQUEST_ID_HEADER
 from requestid import current_request_id
@@ -38,6 +39,8 @@ from schemas import (
 log = logging.getLogger("booking.errors")
 
 PROBLEM_JSON = "application/problem+json"
+# Where the domain error handler leaves the code of the problem it answered, in the request's scope.
+PROBLEM_CODE = "booking.problem_code"
 CONFIRM_GONE_DETAIL = "Hold not found or expired."
 
 
@@ -230,10 +233,10 @@ def database_cannot_write(code: Code, detail: str) -> ServiceUnavailable:
 
 def problem_response(
     status: int, title: str, code: str, detail: str, headers: Mapping[str, str] | None = None, **extra: object
-) -> JSONResponse:
+) -> Response:
     """Render one RFC 9457 problem document."""
     body = {
-        "type": f"urn:booking:problem:{code.lower().replace('_', '-')}",
+        "type": _problem_type(code),
         "title": title,
         "status": status,
         "detail": detail,
@@ -244,19 +247,27 @@ def problem_response(
     if (request_id := current_request_id()) is not None:
         body["request_id"] = request_id
         headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
-    return JSONResponse(to_jsonable_python(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    # Encoded in one pass (datetimes, UUIDs and enums as their JSON forms), not made JSON-able and then dumped.
+    return Response(to_json(body), status, headers, PROBLEM_JSON)
 
 
-async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+@lru_cache(maxsize=len(Code) * 2)
+def _problem_type(code: str) -> str:
+    return f"urn:booking:problem:{code.lower().replace('_', '-')}"
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     if exc.status >= 500:
         # A 503 is the service's trouble, not the caller's: say why, with the failure behind it.
         cause = exc.__cause__ or exc
         log.warning("%s %s: %d %s: %s", request.method, request.url.path, exc.status, exc.code, cause, exc_info=cause)
+    # For the metrics (observability.py), which count refusals by code without reading the body back.
+    request.scope[PROBLEM_CODE] = exc.code
     return problem_response(exc.status, exc.title, exc.code, exc.detail, exc.headers, **exc.extra)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
         {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
@@ -276,7 +287,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 _HTTP_CODES = {404: Code.NOT_FOUND, 405: Code.METHOD_NOT_ALLOWED}
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI raises a bare 400 only when it cannot decode a request body (e.g. not UTF-8).
@@ -341,7 +352,7 @@ def database_problem(exc: DBAPIError | PoolTimeout, *, health: bool = False) -> 
     return None
 
 
-async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+async def _database_error(request: Request, exc: Exception) -> Response:
     # Domain code already turns the expected races into domain errors; this is the backstop
     # that keeps any other lost race or overload a 409/503 rather than a 500.
     assert isinstance(exc, DBAPIError | PoolTimeout)
@@ -355,7 +366,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _domain_error(request, problem)
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(_: Request, exc: Exception) -> Response:
     # Still a 500, but in the same shape as every other error, so clients parse one format.
     return problem_response(500, "Internal server error", Code.INTERNAL_ERROR.code, "An unexpected error occurred.")
 

@@ -45,6 +45,20 @@ POOL_CONNECTIONS = Gauge(
 )
 
 
+# Each (method, route, status)'s two series, looked up once: `labels()` checks and joins its
+# values under a lock on every call. As bounded as the series themselves.
+_http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def http_series(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    """The request counter and latency histogram of one method, route template and status."""
+    key = (method, route, status)
+    series = _http_series.get(key)
+    if series is None:
+        series = _http_series[key] = (REQUESTS.labels(method, route, status), LATENCY.labels(method, route, status))
+    return series
+
+
 def multiprocess() -> bool:
     """Whether values are shared between worker processes through PROMETHEUS_MULTIPROC_DIR."""
     return "PROMETHEUS_MULTIPROC_DIR" in os.environ

@@ -12,7 +12,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import metrics
-from errors import Code
+from errors import PROBLEM_CODE, Code
 from requestid import adopt_request_id
 from state import AppState
 
@@ -56,24 +56,16 @@ def _route_template(scope: Scope) -> str:
     return f"{scope['root_path']}/{{path}}" if "app_root_path" in scope else str(scope["path"])
 
 
-def _problem_code(body: bytes) -> str:
-    try:
-        code = json.loads(body).get("code")
-    except (ValueError, AttributeError):
-        return "UNKNOWN"
-    return code if isinstance(code, str) else "UNKNOWN"
-
-
-def _count_holds(method: str, route: str, status: int, body: bytes) -> None:
+def _count_holds(method: str, route: str, status: int, problem_code: str) -> None:
     if (method, route) == _CREATE_HOLD:
         if status == 201:
             metrics.HOLDS_CREATED.inc()
         elif status == 409:
-            metrics.HOLDS_REFUSED.labels(_problem_code(body)).inc()
+            metrics.HOLDS_REFUSED.labels(problem_code).inc()
     elif (method, route) == _CONFIRM_HOLD:
         if status == 200:
             metrics.HOLDS_CONFIRMED.inc()
-        elif status == 410 and _problem_code(body) == Code.HOLD_EXPIRED.code:
+        elif status == 410 and problem_code == Code.HOLD_EXPIRED.code:
             metrics.HOLDS_LAPSED_AT_CONFIRM.inc()
 
 
@@ -92,20 +84,16 @@ class RequestObservability:
         started = time.perf_counter()
         sent_id = next((value for name, value in scope["headers"] if name == _REQUEST_ID), None)
         request_id = adopt_request_id(sent_id)
-        raw_id = request_id.encode()
+        id_header = (_REQUEST_ID, request_id.encode())
         status = 500  # what ServerErrorMiddleware answers if the app fails before starting a response
-        problem = bytearray()  # the body of a refused hold call, for its code
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", ()))
+                headers = message.get("headers", ())
                 if not any(name.lower() == _REQUEST_ID for name, _ in headers):  # problem+json carries it already
-                    headers.append((_REQUEST_ID, raw_id))
-                message["headers"] = headers
-            elif message["type"] == "http.response.body" and status in (409, 410) and len(problem) < 4096:
-                problem.extend(message.get("body", b""))
+                    message["headers"] = [*headers, id_header]
             await send(message)
 
         try:
@@ -113,9 +101,10 @@ class RequestObservability:
         finally:
             seconds = time.perf_counter() - started
             method, route = scope["method"], _route_template(scope)
-            metrics.REQUESTS.labels(method, route, status).inc()
-            metrics.LATENCY.labels(method, route, status).observe(seconds)
-            _count_holds(method, route, status, bytes(problem))
+            requests, latency = metrics.http_series(method, route, status)
+            requests.inc()
+            latency.observe(seconds)
+            _count_holds(method, route, status, scope.get(PROBLEM_CODE, "UNKNOWN"))
             if self.multiprocess:
                 # Each worker's pool gauge is only as fresh as its last request; a scrape adds them up.
                 app_state = scope["app"].state

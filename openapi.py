@@ -216,6 +216,19 @@ def _security(route: APIRoute) -> list[dict[str, list[str]]]:
     return []
 
 
+def _set_security(operation: dict[str, Any], security: list[dict[str, list[str]]]) -> None:
+    # Placed where FastAPI wrote it while the guards took an `HTTPBearer` sub-dependency (after
+    # the operation's id when it has parameters or a body), so the served document keeps its
+    # order; the guards now read the Authorization header themselves (auth.bearer_token).
+    if not security or not ("parameters" in operation or "requestBody" in operation):
+        operation["security"] = security
+        return
+    items = list(operation.items())
+    at = next(i for i, (key, _) in enumerate(items) if key == "operationId") + 1
+    operation.clear()
+    operation.update([*items[:at], ("security", security), *items[at:]])
+
+
 def _problem_schemas(document: dict[str, Any]) -> dict[str, Any]:
     """The problem schemas the operations refer to, as the document's components."""
     text = str(document)
@@ -282,7 +295,7 @@ def _finish(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
     }
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            operation["security"] = _security(routes[method, path])
+            _set_security(operation, _security(routes[method, path]))
             _only_problem_json(operation)
             _optional_body_as_reference(operation)
             replayable = any(p["name"] == IDEMPOTENCY_HEADER for p in operation.get("parameters", []))

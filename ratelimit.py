@@ -7,6 +7,7 @@ round trip to Redis), without the double burst a fixed window allows across its 
 import logging
 import math
 import time
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -128,12 +129,15 @@ async def limit_signups(request: Request) -> None:
         )
 
 
-async def limit_holds(request: Request, user_id: CurrentUserId) -> None:
-    """RATE_LIMIT_HOLDS per user, after authentication and before any database work."""
+async def limit_holds(request: Request, user_id: CurrentUserId) -> uuid.UUID:
+    """The caller's user id, counted against RATE_LIMIT_HOLDS: after authentication, before any database work."""
     limits = _limits(request)
     if limits.holds:
         await limits.hit("holds", limits.holds, str(user_id), "holds per user")
+    return user_id
 
 
 SignupRateLimit = Annotated[None, Depends(limit_signups)]
-HoldRateLimit = Annotated[None, Depends(limit_holds)]
+# The user id and the limit in one dependency: a route that took both separately resolved the
+# user's dependency twice (FastAPI caches its value, not the walk to it).
+HoldingUserId = Annotated[uuid.UUID, Depends(limit_holds)]

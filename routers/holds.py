@@ -14,7 +14,7 @@ from errors import Code
 from idempotency import Idempotency, IdempotencyDep, respond
 from openapi import IDEMPOTENT_CODES, WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
-from ratelimit import HoldRateLimit
+from ratelimit import HoldingUserId
 from routers import json_response
 from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldReadFields, HoldStatus
 from state import DatabaseDep, SettingsDep
@@ -45,10 +45,9 @@ router = APIRouter(prefix="/holds", tags=["holds"])
 )
 async def create_hold(
     data: HoldCreate,
-    user_id: CurrentUserId,
+    user_id: HoldingUserId,
     db: DatabaseDep,
     settings: SettingsDep,
-    _: HoldRateLimit,
     idem: IdempotencyDep,
 ) -> Response:
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""

@@ -104,6 +104,21 @@ def test_me_without_a_valid_user_token_returns_401(client: TestClient) -> None:
     assert_problem(client.get("/users/me", headers={"Authorization": "Basic abc"}), 401, "MISSING_TOKEN")
 
 
+@pytest.mark.parametrize("header", ["Bearer {token}", "bearer {token}", "BEARER  {token} "])
+def test_the_bearer_scheme_is_read_in_any_case_and_the_token_trimmed(client: TestClient, header: str) -> None:
+    alice = make_user(client)
+    me = client.get("/users/me", headers={"Authorization": header.format(token=alice.token)})
+    assert me.status_code == 200 and me.json()["id"] == alice.id
+
+
+@pytest.mark.parametrize("value", ["", "Basic abc", "Token abc", "Bearer", "Bearer ", "Bearer   "])
+def test_an_authorization_header_without_a_bearer_token_counts_as_none(client: TestClient, value: str) -> None:
+    headers = {"Authorization": value}
+    assert_problem(client.get("/users/me", headers=headers), 401, "MISSING_TOKEN")
+    assert_problem(client.post("/rooms", json={"name": "Room"}, headers=headers), 401, "MISSING_TOKEN")
+    assert client.get("/slots", headers=headers).status_code == 200  # served as to an anonymous caller
+
+
 # --- POST /users/{id}/token ---------------------------------------------------------------------
 
 
