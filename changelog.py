@@ -67,13 +67,19 @@ _INSERT = rawsql.Statement(
     ),
     many=True,
 )
-_oldest = select(func.min(_events.c.position)).scalar_subquery()
-_PRUNE = rawsql.Statement(
-    delete(_events).where(
-        _events.c.position < _oldest + literal_column(str(PRUNE_BATCH)),
-        _events.c.occurred_at < bindparam("cutoff", type_=UTCDateTime),
-    )
+# Only an unbroken run of the oldest positions goes: up to the first one still inside the
+# retention. Writers stamp `occurred_at` before they wait for the append lock (and hosts' clocks
+# differ), so a later position may carry an earlier time; deleting it while an older one stays
+# would leave a hole that readers (live.py, board.py) take for "nothing happened there", as they
+# rely on pruning removing the oldest positions only. Both reads stay within the window's
+# primary-key range.
+_window_end = select(func.min(_events.c.position)).scalar_subquery() + literal_column(str(PRUNE_BATCH))
+_first_kept = (
+    select(func.coalesce(func.min(_events.c.position), _window_end))
+    .where(_events.c.position < _window_end, _events.c.occurred_at >= bindparam("cutoff", type_=UTCDateTime))
+    .scalar_subquery()
 )
+_PRUNE = rawsql.Statement(delete(_events).where(_events.c.position < _first_kept))
 
 
 def record(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 import changelog
@@ -149,6 +149,28 @@ def test_writes_prune_a_bounded_number_of_events_older_than_the_retention() -> N
         assert _count(client) == 4  # every old event gone, only the four new ones left
         with _engine(client).connect() as conn:
             assert conn.scalar(select(func.min(SlotEvent.position))) == 21  # positions never reused
+
+
+def test_pruning_removes_only_an_unbroken_run_of_the_oldest_positions() -> None:
+    """A later position stamped earlier (a writer that waited for the append lock) is not pruned before an older one."""
+    settings = isolated_settings(event_retention_seconds=3600)
+    with TestClient(create_app(settings)) as client, freeze_time("2030-01-01T00:00:00Z") as clock:
+        alice = make_user(client)
+        slots = [make_slot(client, start=datetime(2030, 2, 1, tzinfo=UTC) + timedelta(hours=i)) for i in range(6)]
+        with _engine(client).begin() as conn:
+            first = conn.scalar(select(func.min(SlotEvent.position)))
+            assert first is not None
+            # The third event is young: the run of old ones ends before it, whatever comes after.
+            conn.execute(
+                update(SlotEvent)
+                .where(SlotEvent.position == first + 2)
+                .values(occurred_at=datetime(2030, 1, 1, 1, tzinfo=UTC))
+            )
+        clock.tick(3601)
+        make_hold(client, alice, slots[0])
+        with _engine(client).connect() as conn:
+            assert conn.scalar(select(func.min(SlotEvent.position))) == first + 2  # two pruned, no hole
+            assert conn.scalar(select(func.count()).select_from(SlotEvent)) == 6 - 2 + 1
 
 
 # --- a hold's history ---------------------------------------------------------------------------
