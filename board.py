@@ -94,19 +94,14 @@ def head(session: Session) -> int:
             if postgres:
                 driver.autocommit = False
     except dialect.loaded_dbapi.Error as exc:
-        # As SQLAlchemy would raise it, so the usual handler answers (503 DATABASE_UNAVAILABLE, ...).
-        dropped = dialect.is_disconnect(exc, pooled, None)
-        if postgres or dropped:
-            # Never reused broken: the pool replaces it.
-            if isinstance(bind, Connection):
-                bind.invalidate(exc)
-            else:
-                pooled.invalidate(exc)
-        # A dropped connection is marked so, as SQLAlchemy marks it: Database.run then runs the
-        # request once more on a fresh one (nothing was written).
-        raise DBAPIError.instance(
-            _HEAD_SQL, None, exc, dialect.loaded_dbapi.Error, connection_invalidated=dropped
-        ) from exc
+        if isinstance(bind, Connection):
+            # SQLAlchemy's own translation, as rawsql does: a disconnect invalidates this
+            # connection and every pooled one opened before it (a restart drops them all), and is
+            # marked so that Database.run runs the request once more on a fresh one.
+            bind._handle_dbapi_exception(exc, _HEAD_SQL, (), None, None)
+        if postgres or dialect.is_disconnect(exc, pooled, None):
+            pooled.invalidate(exc)  # never back to the pool broken
+        raise DBAPIError.instance(_HEAD_SQL, None, exc, dialect.loaded_dbapi.Error) from exc
     finally:
         if not isinstance(bind, Connection):
             pooled.close()
@@ -300,14 +295,20 @@ class Boards:
         # The head first, in its own read: whatever is read after it is at least as new.
         position = head(session)
         board = self._boards.get(room_id)
-        if board is not None and board.position == position:
+        if board is not None and board.position == position and _reaches(board, start_from, utc_now()):
             with self._lock:
                 if room_id in self._boards:
                     self._boards.move_to_end(room_id)
             return board
         with read_transaction(session) as now:
-            if board is None or board.position > position or position - board.position > CATCH_UP_POSITIONS:
-                lower = board.lower if board is not None else max(min(start_from or now, now), now - LOOKBACK)
+            if (
+                board is None
+                or board.position > position
+                or position - board.position > CATCH_UP_POSITIONS
+                or not _reaches(board, start_from, now)
+            ):
+                wanted = max(min(start_from or now, now), now - LOOKBACK)
+                lower = wanted if board is None else max(min(wanted, board.lower), now - LOOKBACK)
                 board = _load(session, now, room_id, position, lower)
             else:
                 board = _catch_up(session, now, board, position)
@@ -323,6 +324,18 @@ class Boards:
             self._boards.move_to_end(board.room_id)
             while len(self._boards) > ROOMS:
                 self._boards.popitem(last=False)
+
+
+def _reaches(board: "RoomBoard", start_from: datetime | None, now: datetime) -> bool:
+    """Whether the board's lower bound suits this request, else it is reloaded from a better one.
+
+    It does not when the request starts earlier but within LOOKBACK (the board then reaches back
+    to it, once), or when the bound has fallen far behind the clock: a long-lived board would
+    otherwise keep past slots until its slot cap fell before today, and answer nothing.
+    """
+    if board.lower < now - 2 * LOOKBACK:
+        return False
+    return start_from is None or start_from >= board.lower or start_from < now - LOOKBACK
 
 
 def _load(session: Session, now: datetime, room_id: uuid.UUID, position: int, lower: datetime) -> RoomBoard:

@@ -168,6 +168,34 @@ def test_a_board_reaches_back_a_day_at_most_and_older_ranges_still_answer_from_s
         assert list(_statuses(client, room, alice)) == [new]
 
 
+def test_a_board_reaches_back_to_an_earlier_from_within_a_day_and_moves_on_with_the_clock(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A board loaded from "now" serves a later request from the viewer's midnight, and a long-lived one keeps up."""
+    alice = make_user(client)
+    with freeze_time(NOW) as clock:
+        room = make_room(client)
+        slot = _slot_at(client, room, 10)
+        assert list(_statuses(client, room, alice)) == [slot]  # loaded from NOW
+        (kept,) = _boards(client)._boards.values()
+        assert kept.lower == NOW
+        midnight = {"from": NOW.replace(hour=0).isoformat()}
+        assert [item["id"] for item in _listing(client, room, alice, **midnight)] == [slot]
+        (kept,) = _boards(client)._boards.values()
+        assert kept.lower == NOW.replace(hour=0)  # reloaded once, reaching back
+
+        def no_sql(*args: object, **kwargs: object) -> SlotPage:
+            raise AssertionError("answered from SQL, not from the board")
+
+        monkeypatch.setattr(booking, "list_slots", no_sql)
+        assert [item["id"] for item in _listing(client, room, alice, **midnight)] == [slot]
+        clock.tick(timedelta(days=2, seconds=1))  # the bound falls more than two days behind
+        later = _slot_at(client, room, 72)
+        assert list(_statuses(client, room, alice)) == [later]
+        (kept,) = _boards(client)._boards.values()
+        assert kept.lower == NOW + timedelta(days=2, seconds=1) - board.LOOKBACK
+
+
 def test_a_current_board_answers_after_one_head_read_and_nothing_else(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -141,6 +141,10 @@ def test_postgres_connections_dropped_between_requests_are_reopened_and_the_requ
 
         room_id = client.get(f"/slots/{slot}").json()["room_id"]
         assert client.get("/slots", params={"room_id": room_id}).status_code == 200  # the room's board, kept
+        engine = client.app.state.db.engine  # type: ignore[attr-defined]
+        opened = [engine.connect() for _ in range(3)]  # several pooled connections, all dropped below
+        for connection in opened:
+            connection.close()
         _kill_pooled_connections(postgres_engine)
         listing = client.get("/slots", params={"room_id": room_id})  # the board's head read, on the driver
         assert listing.status_code == 200, listing.text
