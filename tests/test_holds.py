@@ -434,3 +434,14 @@ def test_a_hold_is_encoded_once_as_the_bytes_of_its_response_model(
         model = HoldRead.model_validate(fields)
         assert bytes(json_response(fields).body) == HoldRead.__pydantic_serializer__.to_json(model)
         assert bytes(json_response(fields).body) == model.model_dump_json().encode()
+
+
+def test_the_plain_hold_fields_mirror_the_response_model_name_for_name_and_type_for_type() -> None:
+    # HoldReadFields is encoded in HoldRead's place (the same JSON, without validating again):
+    # a field added to one and not the other would change the response silently.
+    from typing import get_type_hints
+
+    from schemas import HoldRead, HoldReadFields
+
+    model = {name: field.annotation for name, field in HoldRead.model_fields.items()}
+    assert list(get_type_hints(HoldReadFields).items()) == list(model.items())
