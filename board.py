@@ -32,12 +32,12 @@ from typing import Any
 
 from pydantic_core import to_json
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 import booking
 import changelog
 import live
+import rawsql
 from clock import utc_now
 from db import Database, read_transaction
 from errors import Code, NotFound
@@ -61,51 +61,40 @@ LOOKBACK = timedelta(days=1)
 _SLOT_SERIALIZER = SlotRead.__pydantic_serializer__
 _PAGE_SERIALIZER = SlotPage.__pydantic_serializer__
 _FIRST_ID = uuid.UUID(int=0)
-# The head on the pooled driver connection, outside any transaction: no Session, no SQLAlchemy
-# execution, one index read (`max` of the primary key); a transaction's BEGIN and the
-# execution machinery cost several times the read itself. Kept local and tiny on purpose
-# (see docs/design.md#a-board-per-room-in-each-worker).
-_HEAD_SQL = "SELECT max(position) FROM slot_events"
 
 
 def head(session: Session) -> int:
-    """The change log's newest position (0 for an empty log), in one statement on the driver connection.
+    """The change log's newest position (0 for an empty log): one index read, outside any transaction.
 
-    On the connection Database.run bound the session to: a second checkout would wait for the
-    one this request already holds (in-memory SQLite has only one).
+    On the connection Database.run bound the session to (a second checkout would wait for the
+    one this request already holds: in-memory SQLite has only one), below the ORM (`rawsql`,
+    which translates a failure as SQLAlchemy does: a dropped connection drops the pool's older
+    ones and is marked so that Database.run runs the request once more). No transaction: its
+    BEGIN and end cost several times the read (docs/design.md#a-board-per-room-in-each-worker).
     """
     if session.in_transaction():
         raise RuntimeError("the log's head is read before the request's transactions")
     bind = session.get_bind()
-    # The bound Connection's pooled DBAPI connection, reached without beginning a transaction.
-    pooled = bind.connection if isinstance(bind, Connection) else bind.raw_connection()
-    driver: Any = pooled.driver_connection
-    dialect = bind.dialect
+    if isinstance(bind, Connection):
+        return _head_on(bind)
+    with bind.connect() as connection:  # a session on the engine (tests, tools)
+        return _head_on(connection)
+
+
+def _head_on(connection: Connection) -> int:
     # psycopg: in autocommit, no BEGIN and no ROLLBACK round trip around the read (SQLAlchemy's
     # own pre-ping does the same); SQLite's connections are in autocommit already (db.py).
-    postgres = dialect.name == "postgresql"
+    # `connection.connection` reaches the pooled connection without beginning a transaction.
+    postgres = connection.dialect.name == "postgresql"
+    driver: Any = connection.connection.driver_connection
+    if postgres:
+        driver.autocommit = True
     try:
-        if postgres:
-            driver.autocommit = True
-        try:
-            # fetchall: a SQLite statement left unfinished would keep its read snapshot open.
-            value = driver.execute(_HEAD_SQL).fetchall()[0][0]
-        finally:
-            if postgres:
-                driver.autocommit = False
-    except dialect.loaded_dbapi.Error as exc:
-        if isinstance(bind, Connection):
-            # SQLAlchemy's own translation, as rawsql does: a disconnect invalidates this
-            # connection and every pooled one opened before it (a restart drops them all), and is
-            # marked so that Database.run runs the request once more on a fresh one.
-            bind._handle_dbapi_exception(exc, _HEAD_SQL, (), None, None)
-        if postgres or dialect.is_disconnect(exc, pooled, None):
-            pooled.invalidate(exc)  # never back to the pool broken
-        raise DBAPIError.instance(_HEAD_SQL, None, exc, dialect.loaded_dbapi.Error) from exc
+        # rawsql fetches every row: a SQLite statement left unfinished would keep its snapshot open.
+        return int(rawsql.execute(connection, changelog.HEAD, {})[0][0])
     finally:
-        if not isinstance(bind, Connection):
-            pooled.close()
-    return int(value) if value is not None else 0
+        if postgres and not connection.invalidated:  # a dropped one is discarded, not reused
+            driver.autocommit = False
 
 
 @dataclass(slots=True, eq=False)

@@ -140,9 +140,14 @@ def flush(session: Session, now: datetime) -> None:
     session.info[WRITTEN] = True
 
 
+_HEAD_SELECT = select(func.coalesce(func.max(_events.c.position), 0))
+# The same read below the ORM, for the room boards' check on every listing (board.head).
+HEAD = rawsql.Statement(_HEAD_SELECT)
+
+
 def head(session: Session) -> int:
     """The newest position (0 for an empty log)."""
-    return session.scalar(select(func.coalesce(func.max(_events.c.position), 0))) or 0
+    return session.scalar(_HEAD_SELECT) or 0
 
 
 def oldest(session: Session) -> int | None:

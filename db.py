@@ -308,7 +308,6 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
             for lock in locks:
                 rawsql.execute(connection, lock, lock_params)
         now = utc_now()
-        claim = session.info.get(IDEMPOTENCY_CLAIM)
         if claim is not None:
             claim.begin(session, now)
         yield now

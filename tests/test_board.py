@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 import board
 import booking
+import changelog
 import live
+import rawsql
 import stream
 from board import Boards
 from config import Settings
@@ -353,7 +355,7 @@ def test_the_head_read_leaves_no_pooled_connection_in_autocommit(
     room = make_room(client)
     engine = client.app.state.db.engine  # type: ignore[attr-defined]
     assert client.get("/slots", params={"room_id": room}).status_code == 200
-    monkeypatch.setattr(board, "_HEAD_SQL", "SELECT no_such_column FROM slot_events")
+    monkeypatch.setattr(changelog, "HEAD", rawsql.Statement(text("SELECT no_such_column FROM slot_events")))
     assert client.get("/slots", params={"room_id": room}).status_code >= 500
     monkeypatch.undo()
     for _ in range(engine.pool.size()):
