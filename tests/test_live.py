@@ -240,11 +240,14 @@ def test_a_process_reads_the_log_once_per_change_whatever_the_number_of_streams(
     from tests.factories import make_hold, make_user
 
     reads: list[int | None] = []
+    found: list[int] = []  # per read: how many changes it brought
     read_changes = live.read_changes
 
     def counted(session: Any, after: int | None) -> live.Batch:
         reads.append(after)
-        return read_changes(session, after)
+        batch = read_changes(session, after)
+        found.append(len(batch.changes))
+        return batch
 
     monkeypatch.setattr(live, "read_changes", counted)
     hub: live.Hub = client.app.state.hub  # type: ignore[attr-defined]
@@ -269,9 +272,11 @@ def test_a_process_reads_the_log_once_per_change_whatever_the_number_of_streams(
     finally:
         for subscriber in subscribers:
             hub.unsubscribe(subscriber)
-    # One read for the hold (on PostgreSQL a second, finding nothing new, when the commit's own
-    # NOTIFY arrives after the local wake-up), never one per stream: 50 are open.
-    assert 1 <= len(reads) - before <= 2, reads
+    # One read brings the hold's change, never one per stream: 50 are open. Reads that find
+    # nothing new may follow (on PostgreSQL the commit's own NOTIFY after the local wake-up, or
+    # the once-a-second safety-net poll), but never one per stream.
+    assert [n for n in found[before:] if n] == [1], (reads, found)
+    assert len(reads) - before < 10, reads  # far below one per stream
     last = [list(s.queue._queue)[-1] for s in subscribers]
     assert all(batch is last[0] for batch in last)  # every stream got the same batch
     assert [change.slot_id for change in last[0].changes] == [uuid.UUID(slot)]
