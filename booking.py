@@ -116,17 +116,28 @@ class HoldFields(StoredFields, Protocol):
 # --- what "live" means, in SQL and in Python --------------------------------------------------
 
 
+def _status_in(hold: HoldColumns, *statuses: HoldStatus) -> ColumnElement[bool]:
+    """`status = 'X'` or `status IN ('X', 'Y')`, the statuses written into the SQL, never bound.
+
+    A planner may use a partial index only when the query's WHERE visibly implies the index's,
+    and a bound `IN (?, ?)` does not (SQLite never, PostgreSQL not in a generic plan for a
+    prepared statement): without it, every live-claim check scans the slot's whole history of
+    dead holds. And SQLite, to decide that, looks at the value bound to a `status = ?` compared
+    with a partial index's `status = 'HOLD'`, then prepares the statement again on every run
+    because that parameter is bound anew each time (docs/performance.md#where-the-time-goes).
+    """
+    values: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") for status in statuses]
+    return hold.status == values[0] if len(values) == 1 else hold.status.in_(values)
+
+
 def _is_active(hold: HoldColumns = Hold) -> ColumnElement[bool]:
-    # The unique index's own predicate, as literal SQL: a planner may use a partial index only
-    # when the query's WHERE visibly implies the index's, and a bound `IN (?, ?)` does not
-    # (SQLite never, PostgreSQL not in a generic plan for a prepared statement). Without it,
-    # every live-claim check scans the slot's whole history of dead holds.
-    return hold.status.in_([literal_column(f"'{status.value}'") for status in ACTIVE_STATUSES])
+    # The unique index's own predicate (see _status_in).
+    return _status_in(hold, *ACTIVE_STATUSES)
 
 
 def live_claim(now: datetime | ColumnElement[datetime], hold: HoldColumns = Hold) -> ColumnElement[bool]:
     """A row that claims its slot at `now`: a booking, or a hold that has not expired."""
-    return and_(_is_active(hold), or_(hold.status == CONFIRMED, hold.expires_at > now))
+    return and_(_is_active(hold), or_(_status_in(hold, CONFIRMED), hold.expires_at > now))
 
 
 def hold_status(hold: HoldFields, now: datetime) -> HoldStatus:
@@ -138,10 +149,10 @@ def hold_status(hold: HoldFields, now: datetime) -> HoldStatus:
 
 def _status_filter(status: HoldStatus, now: datetime) -> ColumnElement[bool]:
     if status is HoldStatus.HOLD:
-        return and_(Hold.status == HOLD, Hold.expires_at > now)
+        return and_(_status_in(Hold, HOLD), Hold.expires_at > now)
     if status is HoldStatus.EXPIRED:
-        return or_(Hold.status == EXPIRED, and_(Hold.status == HOLD, Hold.expires_at <= now))
-    return Hold.status == status
+        return or_(_status_in(Hold, EXPIRED), and_(_status_in(Hold, HOLD), Hold.expires_at <= now))
+    return _status_in(Hold, status)
 
 
 def hold_fields(hold: HoldFields, now: datetime, settings: Settings) -> HoldReadFields:
@@ -195,8 +206,8 @@ def _recent_claim_by(
     now: ColumnElement[datetime],
 ) -> ColumnElement[bool]:
     """This user's own claim on this slot ended after `since` (released, cancelled, or lapsed by `now`)."""
-    ended_by_hand = and_(_holds.c.status.in_([RELEASED, CANCELLED]), _holds.c.last_updated_date > since)
-    lapsed = and_(_holds.c.status.in_([HOLD, EXPIRED]), _holds.c.expires_at > since, _holds.c.expires_at <= now)
+    ended_by_hand = and_(_status_in(_holds.c, RELEASED, CANCELLED), _holds.c.last_updated_date > since)
+    lapsed = and_(_status_in(_holds.c, HOLD, EXPIRED), _holds.c.expires_at > since, _holds.c.expires_at <= now)
     return and_(_holds.c.slot_id == slot_id, _holds.c.user_id == user_id, or_(ended_by_hand, lapsed))
 
 
@@ -232,7 +243,7 @@ _INSERT_HOLD = rawsql.Statement(
 # slot's index entry until it is marked EXPIRED, in the same transaction as a new claim.
 _RETIRE_EXPIRED = rawsql.Statement(
     update(_holds)
-    .where(_holds.c.slot_id == _SLOT_ID, _is_active(_holds.c), _holds.c.status == HOLD, _holds.c.expires_at <= _NOW)
+    .where(_holds.c.slot_id == _SLOT_ID, _is_active(_holds.c), _status_in(_holds.c, HOLD), _holds.c.expires_at <= _NOW)
     .values(status=EXPIRED, last_updated_date=_NOW)
     .returning(*_holds.c)
 )
@@ -392,10 +403,10 @@ def _explain_refused_claim(
 # Explaining a refused hold (rare): how many live holds the user has and when the first ends,
 # and when the user's own last claim on the slot ended.
 _USER_LIVE_HOLDS = select(func.count(), func.min(_holds.c.expires_at)).where(
-    _holds.c.user_id == _USER_ID, _holds.c.status == HOLD, _holds.c.expires_at > _NOW
+    _holds.c.user_id == _USER_ID, _status_in(_holds.c, HOLD), _holds.c.expires_at > _NOW
 )
 _LAST_CLAIM_END = select(
-    func.max(case((_holds.c.status.in_([RELEASED, CANCELLED]), _holds.c.last_updated_date), else_=_holds.c.expires_at))
+    func.max(case((_status_in(_holds.c, RELEASED, CANCELLED), _holds.c.last_updated_date), else_=_holds.c.expires_at))
 ).where(_recent_claim_by(_USER_ID, _SLOT_ID, bindparam("p_since", type_=UTCDateTime), _NOW))
 
 
@@ -488,7 +499,7 @@ def _extension(now: datetime, settings: Settings) -> dict[str, object]:
     }
 
 
-_LIVE_HOLD = (_holds.c.status == HOLD, _holds.c.expires_at > _NOW)
+_LIVE_HOLD = (_status_in(_holds.c, HOLD), _holds.c.expires_at > _NOW)
 _CONFIRM = _Transition(
     _transition_statement(*_LIVE_HOLD, status=CONFIRMED, confirmed_at=_NOW),
     EventKind.CONFIRMED,
@@ -508,7 +519,7 @@ _EXTEND = _Transition(
 )
 _CANCEL = _Transition(
     _transition_statement(
-        _holds.c.status == CONFIRMED,
+        _status_in(_holds.c, CONFIRMED),
         exists().where(TimeSlot.id == _holds.c.slot_id, TimeSlot.start_time > _NOW),
         status=CANCELLED,
     ),
@@ -615,7 +626,7 @@ def _slot_query(
     claim = aliased(Hold)
     whens: list[tuple[ColumnElement[bool], str]] = [
         (claim.id.is_(None), SlotStatus.AVAILABLE.value),
-        (claim.status == CONFIRMED, SlotStatus.BOOKED.value),
+        (_status_in(claim, CONFIRMED), SlotStatus.BOOKED.value),
     ]
     if viewer:
         whens.append((claim.user_id == bindparam("p_viewer", type_=Uuid), SlotStatus.HELD_BY_ME.value))
@@ -808,8 +819,8 @@ def slot_counts(
         stmt = (
             select(
                 func.count(TimeSlot.id),
-                func.count(case((claim.status == HOLD, 1))),
-                func.count(case((claim.status == CONFIRMED, 1))),
+                func.count(case((_status_in(claim, HOLD), 1))),
+                func.count(case((_status_in(claim, CONFIRMED), 1))),
             )
             .outerjoin(claim, and_(claim.slot_id == TimeSlot.id, live_claim(now, claim)))
             .where(TimeSlot.start_time >= start_from, TimeSlot.start_time < start_to)

@@ -4,12 +4,13 @@ Lazy expiry means the holds table only grows; these plans are what keeps holding
 listing as fast with a year of history as on an empty database.
 """
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, Select, create_engine, event, select
 
 from booking import _slot_query, live_claim
 from db import create_schema
@@ -92,3 +93,39 @@ def test_the_claim_as_run_below_the_orm_reads_only_indexes() -> None:
         rows = cursor.execute("EXPLAIN QUERY PLAN " + compiled.sql, compiled.arguments(_CLAIM_PARAMS)).fetchall()
     engine.dispose()
     _assert_claim_reads_only_indexes("\n".join(row[-1] for row in rows))
+
+
+def _statements_on_holds() -> Iterator[tuple[str, str]]:
+    """(name, SQLite text) of every prebuilt statement of booking.py and of the listing's variants."""
+    import itertools
+
+    import booking
+    import rawsql
+
+    dialect = create_engine("sqlite://").dialect
+    for name, value in vars(booking).items():
+        if isinstance(value, booking._Transition):
+            value = value.statement
+        if isinstance(value, rawsql.Statement):
+            yield name, value.compiled(dialect).sql
+        elif isinstance(value, Select):
+            yield name, str(value.compile(dialect=dialect))
+    for flags in itertools.product((False, True), repeat=4):
+        viewer, room, to, status = flags
+        stmt = _slot_query(viewer=viewer, room=room, to=to, status=status)
+        yield f"_slot_query{flags}", str(stmt.compile(dialect=dialect))
+    yield "_slot_read", str(_slot_query(viewer=True, one=True).compile(dialect=dialect))
+
+
+def test_no_statement_compares_a_hold_status_with_a_bound_parameter() -> None:
+    # SQLite looks at the value bound to `status = ?` to decide whether a partial index
+    # (`WHERE status = 'HOLD'`, `WHERE status IN (...)`) applies, and then prepares the statement
+    # again every time that parameter is bound: several times the statement's own cost. Status
+    # values are written into the SQL instead (booking._status_in).
+    bound_status = re.compile(r"\bstatus\s*(?:=|!=|IN)\s*\(?\s*(?:\?|:)", re.IGNORECASE)
+    found = []
+    for name, sql in _statements_on_holds():
+        decided = re.split(r"\b(?:FROM|WHERE)\b", sql, maxsplit=1)  # the SET and select lists assign, not compare
+        if len(decided) == 2 and bound_status.search(decided[1]):
+            found.append((name, sql))
+    assert found == []
