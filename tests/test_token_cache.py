@@ -33,12 +33,16 @@ def _database() -> Database:
 
 
 def _count_statements(db: Database, verb: str = "SELECT") -> list[str]:
+    """Every statement SQLite runs from now on that starts with `verb`, whoever sends it (the ORM or rawsql)."""
     seen: list[str] = []
 
-    @event.listens_for(db.engine, "before_cursor_execute")
-    def _record(_conn, _cursor, statement: str, *_args: object) -> None:
+    def _record(statement: str) -> None:
         if statement.lstrip().upper().startswith(verb):
             seen.append(statement)
+
+    @event.listens_for(db.engine, "checkout")
+    def _trace(dbapi_connection: sqlite3.Connection, *_args: object) -> None:
+        dbapi_connection.set_trace_callback(_record)
 
     return seen
 
