@@ -278,6 +278,13 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
         rawsql.execute(conn, _SQLITE_BEGIN[conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")], {})
 
 
+# PostgreSQL: a write transaction's own BEGIN and COMMIT, sent in batches with its other statements.
+_BEGIN = rawsql.Statement(text("BEGIN"))
+_COMMIT: rawsql.Step = (rawsql.Statement(text("COMMIT")), {})
+# session.info key: the connection whose write began with an explicit BEGIN (_end_explicit_begin).
+_EXPLICIT_BEGIN = "db.explicit_begin"
+
+
 @contextmanager
 def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params: object) -> Iterator[datetime]:
     """Run the block as one write transaction and yield the time its decisions are judged at.
@@ -286,6 +293,10 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
     lock (BEGIN IMMEDIATE); on PostgreSQL the rows that `locks` (SELECT … FOR UPDATE statements,
     run in order with `lock_params`) lock. A request that waited for a lock is then judged by the time it runs,
     not the time it arrived, and writes under one lock commit in the order of their timestamps.
+
+    On PostgreSQL the transaction costs two round trips besides the block's own statements:
+    BEGIN goes in one batch with the locks, and COMMIT in one with the change log's append
+    (docs/design.md#round-trips-of-a-write).
     """
     claim = session.info.get(IDEMPOTENCY_CLAIM)
     if claim is not None and claim.written:
@@ -297,30 +308,51 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
         # begun), and a deferred transaction that read first fails with "database is locked"
         # when another process writes before it does. End it so this one begins as a writer.
         session.commit()
-    connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
-    # The option has done its work (the transaction has begun); on a connection that serves
-    # the request's later transactions too (Database._run), those begin as readers again.
-    connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
+    pipelined = session.get_bind().dialect.name == "postgresql"
+    if pipelined:
+        # psycopg sends its own BEGIN alone, and waits for it, before the first statement; in
+        # autocommit mode it sends none, so ours goes in the locks' batch. The mode is undone
+        # when the transaction ends (_end_explicit_begin).
+        connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        session.info[_EXPLICIT_BEGIN] = connection
+    else:
+        connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+        # The option has done its work (the transaction has begun); on a connection that serves
+        # the request's later transactions too (Database._run), those begin as readers again.
+        connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
     try:
-        if locks and connection.dialect.name == "postgresql":
+        if pipelined:
             # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
-            # otherwise be taken by the statements below, after the clock was read.
-            for lock in locks:
-                rawsql.execute(connection, lock, lock_params)
+            # otherwise be taken by the statements below, after the clock was read. The clock
+            # is read once the batch's results (the locks) are back.
+            rawsql.execute_batch(connection, [(_BEGIN, {}), *((lock, lock_params) for lock in locks)])
         now = utc_now()
         if claim is not None:
             claim.begin(session, now)
         yield now
-        changelog.flush(session, now)  # the change log, in the change's own transaction
-        if claim is None:
-            session.commit()
-        else:
-            session.flush()  # what the response is built from gets its ids and defaults now
+        session.flush()  # ORM rows before the change log (its events may read them) and the COMMIT
+        if claim is not None:
+            changelog.flush(session, now)  # the change log, in the change's own transaction
             claim.written = True  # committed by the claim, with the response it stores
+        elif pipelined:
+            _note_commit(connection)  # the COMMIT goes out in the batch below (the retry rule)
+            changelog.flush(session, now, then=[_COMMIT])
+            session.commit()  # SQLAlchemy's side of it: the transaction has ended, nothing is sent
+        else:
+            changelog.flush(session, now)
+            session.commit()
     except BaseException:
         changelog.discard(session)
         session.rollback()
         raise
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _end_explicit_begin(session: Session, _transaction: object) -> None:
+    """Put a connection whose write began with our BEGIN back in its own mode once that write ends."""
+    connection: Connection | None = session.info.pop(_EXPLICIT_BEGIN, None)
+    if connection is not None and not (connection.closed or connection.invalidated or connection.in_transaction()):
+        connection.execution_options(isolation_level=connection.default_isolation_level)
 
 
 def probe_write(session: Session) -> None:

@@ -122,15 +122,17 @@ def test_a_driver_error_below_the_orm_arrives_as_sqlalchemy_s_error(client: Test
         # The same id again: the primary key refuses it in the driver; callers catch IntegrityError.
         booking._write_holds(
             session,
-            booking._INSERT_HOLD,
-            None,
-            hold_id=hold,
-            slot_id=free_slot,
-            user_id=uuid.UUID(alice.id),
-            now=now,
-            expires_at=now + timedelta(minutes=5),
-            max_active=100,
-            cooldown_since=now,
+            booking._write(
+                booking._INSERT_HOLD,
+                None,
+                hold_id=hold,
+                slot_id=free_slot,
+                user_id=uuid.UUID(alice.id),
+                now=now,
+                expires_at=now + timedelta(minutes=5),
+                max_active=100,
+                cooldown_since=now,
+            ),
         )
 
 
