@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -96,7 +96,7 @@ class Database:
                     ),
                 },
             )
-            event.listen(self.engine, "commit", _note_commit)
+            _install_postgres_hooks(self.engine)
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
         # SQLite is in-process and lets one writer in at a time, so a request's database work
@@ -281,8 +281,6 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
 # PostgreSQL: a write transaction's own BEGIN and COMMIT, sent in batches with its other statements.
 _BEGIN = rawsql.Statement(text("BEGIN"))
 _COMMIT: rawsql.Step = (rawsql.Statement(text("COMMIT")), {})
-# session.info key: the connection whose write began with an explicit BEGIN (_end_explicit_begin).
-_EXPLICIT_BEGIN = "db.explicit_begin"
 
 
 @contextmanager
@@ -308,24 +306,25 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
         # begun), and a deferred transaction that read first fails with "database is locked"
         # when another process writes before it does. End it so this one begins as a writer.
         session.commit()
-    pipelined = session.get_bind().dialect.name == "postgresql"
-    if pipelined:
-        # psycopg sends its own BEGIN alone, and waits for it, before the first statement; in
-        # autocommit mode it sends none, so ours goes in the locks' batch. The mode is undone
-        # when the transaction ends (_end_explicit_begin).
-        connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        session.info[_EXPLICIT_BEGIN] = connection
-    else:
-        connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
-        # The option has done its work (the transaction has begun); on a connection that serves
-        # the request's later transactions too (Database._run), those begin as readers again.
-        connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
+    connection = session.connection(execution_options={_BEGIN_MODE: "IMMEDIATE"})
+    # The option has done its work (the transaction has begun); on a connection that serves
+    # the request's later transactions too (Database._run), those begin as readers again.
+    connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
+    pipelined = connection.dialect.name == "postgresql"
+    # psycopg sends its own BEGIN alone, and waits for it, before the first statement; in
+    # autocommit mode it sends none, and ours goes in the locks' batch. Only for a transaction
+    # this block also ends: a keyed write is committed later, by its claim, so psycopg begins it.
+    explicit = pipelined and claim is None
+    driver: Any = connection.connection.driver_connection
+    if explicit:
+        driver.autocommit = True
     try:
         if pipelined:
             # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
             # otherwise be taken by the statements below, after the clock was read. The clock
             # is read once the batch's results (the locks) are back.
-            rawsql.execute_batch(connection, [(_BEGIN, {}), *((lock, lock_params) for lock in locks)])
+            begin: list[rawsql.Step] = [(_BEGIN, {})] if explicit else []
+            rawsql.execute_batch(connection, [*begin, *((lock, lock_params) for lock in locks)])
         now = utc_now()
         if claim is not None:
             claim.begin(session, now)
@@ -334,7 +333,7 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
         if claim is not None:
             changelog.flush(session, now)  # the change log, in the change's own transaction
             claim.written = True  # committed by the claim, with the response it stores
-        elif pipelined:
+        elif explicit:
             _note_commit(connection)  # the COMMIT goes out in the batch below (the retry rule)
             changelog.flush(session, now, then=[_COMMIT])
             session.commit()  # SQLAlchemy's side of it: the transaction has ended, nothing is sent
@@ -345,14 +344,21 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
         changelog.discard(session)
         session.rollback()
         raise
+    finally:
+        # The transaction has ended. A session on the engine has given the connection back
+        # already: the pool's check-in hook has done this (_install_postgres_hooks).
+        if explicit and not (connection.closed or connection.invalidated):
+            driver.autocommit = False
 
 
-@event.listens_for(Session, "after_transaction_end")
-def _end_explicit_begin(session: Session, _transaction: object) -> None:
-    """Put a connection whose write began with our BEGIN back in its own mode once that write ends."""
-    connection: Connection | None = session.info.pop(_EXPLICIT_BEGIN, None)
-    if connection is not None and not (connection.closed or connection.invalidated or connection.in_transaction()):
-        connection.execution_options(isolation_level=connection.default_isolation_level)
+def _install_postgres_hooks(engine: Engine) -> None:
+    event.listen(engine, "commit", _note_commit)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: DBAPIConnection | None, _record: ConnectionPoolEntry) -> None:
+        # A connection goes back to the pool out of write_transaction's autocommit mode, ended (or discarded).
+        if dbapi_connection is not None and dbapi_connection.autocommit and not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
 
 
 def probe_write(session: Session) -> None:
