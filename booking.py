@@ -275,16 +275,16 @@ _LOCK_SLOT_THEN_HOLD = rawsql.Statement(
 _DELETE_DEAD_HOLDS = rawsql.Statement(delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c)))
 
 
-HoldWrite = tuple[rawsql.Statement, EventKind | None, dict[str, object]]
+_HoldWrite = tuple[rawsql.Statement, EventKind | None, dict[str, object]]
 """One prebuilt statement that writes holds, the event it logs, and its parameters."""
 
 
-def _write(statement: rawsql.Statement, event: EventKind | None, **params: object) -> HoldWrite:
+def _write(statement: rawsql.Statement, event: EventKind | None, **params: object) -> _HoldWrite:
     """A write for `_write_holds`: `statement` with `params` (named without their `p_`), logged as `event`."""
     return statement, event, {f"p_{name}": value for name, value in params.items()}
 
 
-def _write_holds(session: Session, *writes: HoldWrite) -> list[rawsql.Record | None]:
+def _write_holds(session: Session, *writes: _HoldWrite) -> list[rawsql.Record | None]:
     """The one place hold rows are written: run prebuilt statements in order, log each change, return each one's row.
 
     The statements go in one batch (one round trip on PostgreSQL): none may need an earlier

@@ -135,6 +135,8 @@ def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Re
     A failure in any of them is raised, translated, once the pipeline is synced. SQLite runs
     them one by one, in process, as `execute` would.
     """
+    if not steps:
+        return []  # an empty pipeline would still cost its sync's round trip
     dialect = connection.dialect
     calls: list[tuple[_Compiled, Any, bool]] = []
     for statement, params in steps:

@@ -242,6 +242,15 @@ def test_postgres_reads_run_without_a_transaction_and_writes_still_run_in_one(
                 with write_transaction(session):
                     session.execute(text("SELECT 1"))
                     assert status(session) == TransactionStatus.INTRANS
+                with pytest.raises(RuntimeError), write_transaction(session):
+                    raise RuntimeError("rolled back")
+                # A write sends its own BEGIN, with the driver in autocommit mode until it ends:
+                # after it, committed or rolled back, a statement begins a transaction again.
+                session.execute(text("SELECT 1"))
+                assert status(session) == TransactionStatus.INTRANS
+                session.rollback()
+            with db.engine.connect() as other:  # and a connection given back to the pool in that mode is not
+                assert other.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
     finally:
         db.dispose()
 
