@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
+from httpx import Response
 from psycopg import pq
 from sqlalchemy import Engine, Uuid, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -144,6 +145,17 @@ def test_a_driver_error_below_the_orm_arrives_as_sqlalchemy_s_error(client: Test
         )
 
 
+def _hold_while_locked(client: TestClient, slot: str, user: ApiUser, lock: str, **params: object) -> Response:
+    """POST /holds while another session holds the locks that `lock` takes (a psql session left open, say)."""
+    blocker = psycopg.connect(POSTGRES_URL)
+    blocker.execute(lock, params)
+    try:
+        return client.post("/holds", json={"slot_id": slot}, headers=user.auth)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
 def test_a_lock_timeout_in_the_change_log_s_pipeline_is_a_503_and_commits_nothing(postgres_engine: Engine) -> None:
     # The append lock, the events, the prune and the wake-up go in one psycopg pipeline: a
     # failure inside it must still arrive as SQLAlchemy's error (503 DATABASE_BUSY), and roll back.
@@ -151,13 +163,8 @@ def test_a_lock_timeout_in_the_change_log_s_pipeline_is_a_503_and_commits_nothin
     settings = isolated_settings(database_url=POSTGRES_URL, db_lock_timeout_seconds=1)
     with TestClient(create_app(settings)) as client:
         alice, slot = make_user(client), make_slot(client)
-        blocker = psycopg.connect(POSTGRES_URL)
-        blocker.execute("SELECT pg_advisory_xact_lock(7240002)")  # changelog's append lock, held
-        try:
-            response = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)
-        finally:
-            blocker.rollback()
-            blocker.close()
+        # changelog's append lock, held
+        response = _hold_while_locked(client, slot, alice, "SELECT pg_advisory_xact_lock(7240002)")
         assert_problem(response, 503, "DATABASE_BUSY")
         assert client.get(f"/slots/{slot}").json()["status"] == "AVAILABLE"
         assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
@@ -267,13 +274,7 @@ def test_a_lock_timeout_inside_the_retire_and_claim_batch_is_a_503_and_commits_n
         slot = make_slot(client)
         lapsed = client.post("/holds", json={"slot_id": slot}, headers=alice.auth).json()["hold_id"]
         clock.tick(timedelta(seconds=settings.hold_ttl_seconds + 1))
-        blocker = psycopg.connect(POSTGRES_URL)
-        blocker.execute("SELECT 1 FROM holds WHERE id = %(id)s FOR UPDATE", {"id": lapsed})
-        try:
-            response = client.post("/holds", json={"slot_id": slot}, headers=bob.auth)
-        finally:
-            blocker.rollback()
-            blocker.close()
+        response = _hold_while_locked(client, slot, bob, "SELECT 1 FROM holds WHERE id = %(id)s FOR UPDATE", id=lapsed)
         assert_problem(response, 503, "DATABASE_BUSY")
         assert [e["event"] for e in _history(client, alice)] == ["HELD"]  # not retired, no LAPSED event
         assert client.get("/holds", headers=bob.auth).json()["items"] == []
