@@ -1,6 +1,6 @@
 """The hold lifecycle: race-safe claims, conditional transitions judged at query time, user-aware slots.
 
-Every write to `holds` goes through `_write_holds`, running one prebuilt statement. Each is one SQL
+Every write to `holds` goes through `_write_holds`, running prebuilt statements. Each is one SQL
 statement whose WHERE clause carries the whole rule (ownership, state, expiry against the
 application clock), so the database decides atomically and no decision rests on a value read
 earlier. The partial unique index `uq_holds_active_slot` backs this up: whatever the isolation
@@ -286,17 +286,28 @@ _LOCK_SLOT_THEN_HOLD = rawsql.Statement(
 _DELETE_DEAD_HOLDS = rawsql.Statement(delete(_holds).where(_holds.c.slot_id == _SLOT_ID, ~live_claim(_NOW, _holds.c)))
 
 
-def _write_holds(
-    session: Session, statement: rawsql.Statement, event: EventKind | None, **params: object
-) -> rawsql.Record | None:
-    """The one place a hold row is written: run one prebuilt statement, log the change as `event`, return the row.
+_HoldWrite = tuple[rawsql.Statement, EventKind | None, dict[str, object]]
+"""One prebuilt statement that writes holds, the event it logs, and its parameters."""
 
-    `event` is None only for deleting a slot's dead holds, logged once as the slot's SLOT_DELETED.
+
+def _write(statement: rawsql.Statement, event: EventKind | None, **params: object) -> _HoldWrite:
+    """A write for `_write_holds`: `statement` with `params` (named without their `p_`), logged as `event`."""
+    return statement, event, {f"p_{name}": value for name, value in params.items()}
+
+
+def _write_holds(session: Session, *writes: _HoldWrite) -> list[rawsql.Record | None]:
+    """The one place hold rows are written: run prebuilt statements in order, log each change, return each one's row.
+
+    The statements go in one batch (one round trip on PostgreSQL): none may need an earlier
+    one's row. `event` is None only for deleting a slot's dead holds, logged once as the slot's
+    SLOT_DELETED.
     """
-    hold = rawsql.first(session.connection(), statement, {f"p_{name}": value for name, value in params.items()})
-    if hold is not None and event is not None:
-        changelog.record_hold(session, event, hold)
-    return hold
+    results = rawsql.execute_batch(session.connection(), [(statement, params) for statement, _, params in writes])
+    holds = [rows[0] if rows else None for rows in results]
+    for hold, (_, event, _) in zip(holds, writes, strict=True):
+        if hold is not None and event is not None:
+            changelog.record_hold(session, event, hold)
+    return holds
 
 
 # --- the lifecycle -------------------------------------------------------------------------------
@@ -313,18 +324,22 @@ def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, set
         # The user's row after the slot's: one user's holds take turns, so the cap below counts
         # every hold committed before this one (SQLite's one writer does this already).
         with write_transaction(session, _LOCK_SLOT, _LOCK_USER, p_slot_id=slot_id, p_user_id=user_id) as now:
-            _write_holds(session, _RETIRE_EXPIRED, EventKind.LAPSED, slot_id=slot_id, now=now)
-            hold = _write_holds(
+            # Retiring the slot's lapsed hold and the claim, in one round trip: the claim needs
+            # the retirement done (the unique index), not its row.
+            _, hold = _write_holds(
                 session,
-                _INSERT_HOLD,
-                EventKind.HELD,
-                hold_id=uuid.uuid4(),
-                slot_id=slot_id,
-                user_id=user_id,
-                now=now,
-                expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
-                max_active=settings.hold_max_active_per_user,
-                cooldown_since=now - timedelta(seconds=settings.hold_rehold_cooldown_seconds),
+                _write(_RETIRE_EXPIRED, EventKind.LAPSED, slot_id=slot_id, now=now),
+                _write(
+                    _INSERT_HOLD,
+                    EventKind.HELD,
+                    hold_id=uuid.uuid4(),
+                    slot_id=slot_id,
+                    user_id=user_id,
+                    now=now,
+                    expires_at=now + timedelta(seconds=settings.hold_ttl_seconds),
+                    max_active=settings.hold_max_active_per_user,
+                    cooldown_since=now - timedelta(seconds=settings.hold_rehold_cooldown_seconds),
+                ),
             )
             if hold is None:
                 _explain_refused_claim(session, slot_id, user_id, now, settings)
@@ -452,9 +467,10 @@ class _Transition:
         """Write the action, else explain why not; return the hold as it now is."""
         with write_transaction(session, _LOCK_SLOT_THEN_HOLD, p_hold_id=hold_id) as now:
             params = self.params(now, settings)
-            hold: HoldFields | None = _write_holds(
-                session, self.statement, self.event, hold_id=hold_id, user_id=user_id, now=now, **params
+            (written,) = _write_holds(
+                session, _write(self.statement, self.event, hold_id=hold_id, user_id=user_id, now=now, **params)
             )
+            hold: HoldFields | None = written
             if hold is None:
                 hold = _owned_hold(session, hold_id, user_id)
                 self.explain(hold, now, settings)
@@ -840,7 +856,7 @@ def delete_slot(session: Session, *, slot_id: uuid.UUID) -> None:
                 raise NotFound(Code.SLOT_NOT_FOUND, "No slot has this id.")
             if session.scalar(select(Hold.id).where(Hold.slot_id == slot_id, live_claim(now))) is not None:
                 raise Conflict(Code.SLOT_IN_USE, "The slot is held or booked; it cannot be deleted.")
-            _write_holds(session, _DELETE_DEAD_HOLDS, None, slot_id=slot_id, now=now)
+            _write_holds(session, _write(_DELETE_DEAD_HOLDS, None, slot_id=slot_id, now=now))
             session.execute(delete(_time_slots).where(TimeSlot.id == slot_id))
             changelog.record(session, EventKind.SLOT_DELETED, slot_id, room_id=slot.room_id, starts_at=slot.start_time)
     except IntegrityError as exc:

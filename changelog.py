@@ -121,23 +121,29 @@ def discard(session: Session) -> None:
     session.info.pop(PENDING, None)
 
 
-def flush(session: Session, now: datetime) -> None:
-    """Append the transaction's recorded events, in its last statements before COMMIT."""
+def flush(session: Session, now: datetime, then: Sequence[rawsql.Step] = ()) -> None:
+    """Append the transaction's recorded events, in its last statements; `then` (its COMMIT) rides along.
+
+    The events and `then` go in one batch: one round trip on PostgreSQL, where the append lock
+    is then held for no round trip at all, only while the server runs the batch and commits.
+    """
     pending: list[dict[str, Any]] | None = session.info.pop(PENDING, None)
-    if not pending:
-        return
+    steps: list[rawsql.Step] = []
     connection = session.connection()
-    retention: timedelta = session.info.get(RETENTION, DEFAULT_RETENTION)
-    steps: list[rawsql.Step] = [
-        (_INSERT, [{**event, "occurred_at": now} for event in pending]),
-        (_PRUNE, {"cutoff": now - retention}),
-    ]
-    if connection.dialect.name == "postgresql":
-        # The lock first, the wake-up last: delivered at COMMIT, to every worker and host
-        # listening; only a wake-up, the log is the truth.
-        steps = [(_APPEND_LOCK, {}), *steps, (_NOTIFY, {})]
-    rawsql.execute_batch(connection, steps)  # one round trip on PostgreSQL
-    session.info[WRITTEN] = True
+    if pending:
+        retention: timedelta = session.info.get(RETENTION, DEFAULT_RETENTION)
+        steps = [
+            (_INSERT, [{**event, "occurred_at": now} for event in pending]),
+            (_PRUNE, {"cutoff": now - retention}),
+        ]
+        if connection.dialect.name == "postgresql":
+            # The lock first, the wake-up last: delivered at COMMIT, to every worker and host
+            # listening; only a wake-up, the log is the truth.
+            steps = [(_APPEND_LOCK, {}), *steps, (_NOTIFY, {})]
+    if steps or then:
+        rawsql.execute_batch(connection, [*steps, *then])
+    if pending:
+        session.info[WRITTEN] = True
 
 
 _HEAD_SELECT = select(func.coalesce(func.max(_events.c.position), 0))

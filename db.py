@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -96,7 +96,7 @@ class Database:
                     ),
                 },
             )
-            event.listen(self.engine, "commit", _note_commit)
+            _install_postgres_hooks(self.engine)
         self.backend = self.engine.dialect.name
         self.in_memory = self._anchor is not None
         # SQLite is in-process and lets one writer in at a time, so a request's database work
@@ -278,6 +278,11 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
         rawsql.execute(conn, _SQLITE_BEGIN[conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")], {})
 
 
+# PostgreSQL: a write transaction's own BEGIN and COMMIT, sent in batches with its other statements.
+_BEGIN = rawsql.Statement(text("BEGIN"))
+_COMMIT: rawsql.Step = (rawsql.Statement(text("COMMIT")), {})
+
+
 @contextmanager
 def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params: object) -> Iterator[datetime]:
     """Run the block as one write transaction and yield the time its decisions are judged at.
@@ -286,6 +291,10 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
     lock (BEGIN IMMEDIATE); on PostgreSQL the rows that `locks` (SELECT … FOR UPDATE statements,
     run in order with `lock_params`) lock. A request that waited for a lock is then judged by the time it runs,
     not the time it arrived, and writes under one lock commit in the order of their timestamps.
+
+    On PostgreSQL the transaction costs two round trips besides the block's own statements:
+    BEGIN goes in one batch with the locks, and COMMIT in one with the change log's append
+    (docs/design.md#round-trips-of-a-write).
     """
     claim = session.info.get(IDEMPOTENCY_CLAIM)
     if claim is not None and claim.written:
@@ -301,26 +310,55 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
     # The option has done its work (the transaction has begun); on a connection that serves
     # the request's later transactions too (Database._run), those begin as readers again.
     connection.execution_options(**{_BEGIN_MODE: "DEFERRED"})
+    pipelined = connection.dialect.name == "postgresql"
+    # psycopg sends its own BEGIN alone, and waits for it, before the first statement; in
+    # autocommit mode it sends none, and ours goes in the locks' batch. Only for a transaction
+    # this block also ends: a keyed write is committed later, by its claim, so psycopg begins it.
+    explicit = pipelined and claim is None
+    driver: Any = connection.connection.driver_connection
+    if explicit:
+        driver.autocommit = True
     try:
-        if locks and connection.dialect.name == "postgresql":
+        if pipelined:
             # SQLite's write lock already serialises every writer; PostgreSQL's row locks would
-            # otherwise be taken by the statements below, after the clock was read.
-            for lock in locks:
-                rawsql.execute(connection, lock, lock_params)
+            # otherwise be taken by the statements below, after the clock was read. The clock
+            # is read once the batch's results (the locks) are back.
+            begin: list[rawsql.Step] = [(_BEGIN, {})] if explicit else []
+            rawsql.execute_batch(connection, [*begin, *((lock, lock_params) for lock in locks)])
         now = utc_now()
         if claim is not None:
             claim.begin(session, now)
         yield now
-        changelog.flush(session, now)  # the change log, in the change's own transaction
-        if claim is None:
-            session.commit()
-        else:
-            session.flush()  # what the response is built from gets its ids and defaults now
+        session.flush()  # ORM rows before the change log (its events may read them) and the COMMIT
+        if claim is not None:
+            changelog.flush(session, now)  # the change log, in the change's own transaction
             claim.written = True  # committed by the claim, with the response it stores
+        elif explicit:
+            _note_commit(connection)  # the COMMIT goes out in the batch below (the retry rule)
+            changelog.flush(session, now, then=[_COMMIT])
+            session.commit()  # SQLAlchemy's side of it: the transaction has ended, nothing is sent
+        else:
+            changelog.flush(session, now)
+            session.commit()
     except BaseException:
         changelog.discard(session)
         session.rollback()
         raise
+    finally:
+        # The transaction has ended. A session on the engine has given the connection back
+        # already: the pool's check-in hook has done this (_install_postgres_hooks).
+        if explicit and not (connection.closed or connection.invalidated):
+            driver.autocommit = False
+
+
+def _install_postgres_hooks(engine: Engine) -> None:
+    event.listen(engine, "commit", _note_commit)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: DBAPIConnection | None, _record: ConnectionPoolEntry) -> None:
+        # A connection goes back to the pool out of write_transaction's autocommit mode, ended (or discarded).
+        if dbapi_connection is not None and dbapi_connection.autocommit and not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
 
 
 def probe_write(session: Session) -> None:

@@ -126,29 +126,48 @@ Step = tuple[Statement, Mapping[str, object] | Sequence[Mapping[str, object]]]
 """A statement and its parameters (a list of parameter sets for a `many=True` statement)."""
 
 
-def execute_batch(connection: Connection, steps: Sequence[Step]) -> None:
-    """Run statements whose rows nobody reads, in order, in the open transaction.
+def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Record]]:
+    """Run statements in order in the open transaction; each one's rows (none for a statement without).
 
     On PostgreSQL they go in one psycopg pipeline: sent together, one round trip instead of
-    one each; the server still runs them one after the other, in this order. A failure in any
-    of them is raised, translated, once the pipeline is synced.
+    one each; the server still runs them one after the other, in this order, and skips the
+    rest once one fails. So no statement's parameters may depend on an earlier one's rows.
+    A failure in any of them is raised, translated, once the pipeline is synced. SQLite runs
+    them one by one, in process, as `execute` would.
     """
+    if not steps:
+        return []  # an empty pipeline would still cost its sync's round trip
     dialect = connection.dialect
-    calls: list[tuple[str, Any, bool]] = []
+    calls: list[tuple[_Compiled, Any, bool]] = []
     for statement, params in steps:
         compiled = statement.compiled(dialect)
         if isinstance(params, Mapping):
-            calls.append((compiled.sql, compiled.arguments(params), False))
+            calls.append((compiled, compiled.arguments(params), False))
         else:
-            calls.append((compiled.sql, [compiled.arguments(one) for one in params], True))
+            calls.append((compiled, [compiled.arguments(one) for one in params], True))
     dbapi_connection = connection.connection.dbapi_connection
     pipeline = getattr(dbapi_connection, "pipeline", None)  # psycopg's; SQLite runs in-process anyway
-    cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+    # A cursor per statement: a pipelined cursor keeps only its last statement's result.
+    cursors: list[Any] = []
+    rows: list[list[Record]] = []
     try:
         with pipeline() if pipeline is not None else nullcontext():
-            for sql, arguments, many in calls:
-                (cursor.executemany if many else cursor.execute)(sql, arguments)
+            for compiled, arguments, many in calls:
+                cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+                cursors.append(cursor)
+                (cursor.executemany if many else cursor.execute)(compiled.sql, arguments)
+                if pipeline is None:
+                    rows.append(_records(compiled, cursor))
+        if pipeline is not None:  # the results arrived with the pipeline's sync
+            rows = [_records(compiled, cursor) for (compiled, _, _), cursor in zip(calls, cursors, strict=True)]
     except dialect.loaded_dbapi.Error as exc:
-        connection._handle_dbapi_exception(exc, ";\n".join(sql for sql, _, _ in calls), None, cursor, None)
+        sql = ";\n".join(compiled.sql for compiled, _, _ in calls)
+        connection._handle_dbapi_exception(exc, sql, None, cursors[-1] if cursors else None, None)
     finally:
-        cursor.close()
+        for cursor in cursors:
+            cursor.close()
+    return rows
+
+
+def _records(compiled: _Compiled, cursor: Any) -> list[Record]:
+    return [compiled.record(row) for row in cursor.fetchall()] if compiled.row is not None else []

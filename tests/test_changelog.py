@@ -109,17 +109,19 @@ def test_a_rolled_back_change_leaves_no_event_and_no_row(client: TestClient) -> 
 
     def hold_then_fail(session: Session) -> None:
         with write_transaction(session) as now:
-            written = booking._write_holds(
+            (written,) = booking._write_holds(
                 session,
-                booking._INSERT_HOLD,
-                EventKind.HELD,
-                hold_id=uuid.uuid4(),
-                slot_id=uuid.UUID(slot),
-                user_id=uuid.UUID(alice.id),
-                now=now,
-                expires_at=now + timedelta(seconds=TTL),
-                max_active=1,
-                cooldown_since=now,
+                booking._write(
+                    booking._INSERT_HOLD,
+                    EventKind.HELD,
+                    hold_id=uuid.uuid4(),
+                    slot_id=uuid.UUID(slot),
+                    user_id=uuid.UUID(alice.id),
+                    now=now,
+                    expires_at=now + timedelta(seconds=TTL),
+                    max_active=1,
+                    cooldown_since=now,
+                ),
             )
             assert written is not None  # the hold row and its event were both written ...
             raise RuntimeError("crash before commit")

@@ -2,9 +2,11 @@
 
 import contextlib
 import sqlite3
+from collections.abc import Sequence
 
 import pytest
 from fastapi.testclient import TestClient
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -168,34 +170,50 @@ def test_postgres_connections_dropped_between_requests_are_reopened_and_the_requ
         assert sorted(h["status"] for h in holds) == ["CONFIRMED", "HOLD"]
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["commit-batched-with-the-log", "commit-by-the-key"])
 def test_postgres_a_write_whose_commit_fate_is_unknown_is_not_run_again(
-    postgres_engine: Engine, postgres_settings: Settings
+    postgres_engine: Engine, postgres_settings: Settings, monkeypatch: pytest.MonkeyPatch, keyed: bool
 ) -> None:
     # The connection drops just as the hold's COMMIT is sent. Whether PostgreSQL committed it
     # cannot be known from here (here it did not: the backend was gone first), so running the
     # work again could make the change twice: the client gets a 503 and decides (an
     # Idempotency-Key makes its retry safe), and the service does not retry on its own.
+    # Unkeyed, the COMMIT goes out in the change log's batch; keyed, in SQLAlchemy's commit
+    # after the key is stored.
+    import db
+    import rawsql
+
     with TestClient(create_app(postgres_settings), raise_server_exceptions=False) as client:
         alice, slot = make_user(client), make_slot(client)
         assert client.get("/users/me", headers=alice.auth).status_code == 200  # the token's first use, written
         engine = client.app.state.db.engine  # type: ignore[attr-defined]
         armed = {"on": False, "killed": 0}
 
-        @event.listens_for(engine, "commit")
-        def drop_before_commit(conn: Connection) -> None:
+        def drop(conn: Connection) -> None:
             dbapi = conn.connection.dbapi_connection
-            if armed["on"] and not dbapi.autocommit:  # a write's COMMIT (reads run in autocommit)
+            # A write's COMMIT (a read's end commits nothing: no transaction is open).
+            if armed["on"] and dbapi.info.transaction_status == TransactionStatus.INTRANS:
                 armed["on"] = False
                 armed["killed"] += _terminate(postgres_engine, "pid = :pid", pid=dbapi.info.backend_pid)
 
+        def drop_before_a_batched_commit(conn: Connection, steps: Sequence[rawsql.Step]) -> list[list[rawsql.Record]]:
+            if db._COMMIT in steps:
+                drop(conn)
+            return execute_batch(conn, steps)
+
+        execute_batch = rawsql.execute_batch
+        monkeypatch.setattr(rawsql, "execute_batch", drop_before_a_batched_commit)
+        event.listen(engine, "commit", drop)
         armed["on"] = True
-        response = client.post("/holds", json={"slot_id": slot}, headers=alice.auth)
-        event.remove(engine, "commit", drop_before_commit)
+        headers = {**alice.auth, "Idempotency-Key": "k-fate"} if keyed else alice.auth
+        response = client.post("/holds", json={"slot_id": slot}, headers=headers)
+        event.remove(engine, "commit", drop)
+        monkeypatch.undo()
         assert armed["killed"] == 1
         assert_problem(response, 503, "DATABASE_BUSY")
         assert client.get(f"/slots/{slot}", headers=alice.auth).json()["status"] == "AVAILABLE"
         assert client.get("/holds", headers=alice.auth).json()["items"] == []
-        assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
+        assert client.post("/holds", json={"slot_id": slot}, headers=headers).status_code == 201
 
 
 @pytest.mark.parametrize("bind", ["engine", "one connection"])
@@ -206,8 +224,6 @@ def test_postgres_reads_run_without_a_transaction_and_writes_still_run_in_one(
     # saves BEGIN and COMMIT. The write after it on the same session must be a transaction again
     # (its row locks last until COMMIT), not left in autocommit by the read, whether the session
     # checks a connection out per transaction or holds one for the whole unit of work.
-    from psycopg.pq import TransactionStatus
-
     from db import Database, read_transaction, write_transaction
 
     def status(session: Session) -> TransactionStatus:
@@ -226,6 +242,15 @@ def test_postgres_reads_run_without_a_transaction_and_writes_still_run_in_one(
                 with write_transaction(session):
                     session.execute(text("SELECT 1"))
                     assert status(session) == TransactionStatus.INTRANS
+                with pytest.raises(RuntimeError), write_transaction(session):
+                    raise RuntimeError("rolled back")
+                # A write sends its own BEGIN, with the driver in autocommit mode until it ends:
+                # after it, committed or rolled back, a statement begins a transaction again.
+                session.execute(text("SELECT 1"))
+                assert status(session) == TransactionStatus.INTRANS
+                session.rollback()
+            with db.engine.connect() as other:  # and a connection given back to the pool in that mode is not
+                assert other.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
     finally:
         db.dispose()
 
