@@ -104,16 +104,39 @@ def execute(connection: Connection, statement: Statement, params: Mapping[str, o
     """Run one statement in the connection's open transaction; its rows (none for a statement without)."""
     compiled = statement.compiled(connection.dialect)
     arguments = compiled.arguments(params)
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = _cursor(connection)
     try:
         cursor.execute(compiled.sql, arguments)
         raw = cursor.fetchall() if compiled.row is not None else ()
     except connection.dialect.loaded_dbapi.Error as exc:
+        _forget_cursor(connection)  # SQLAlchemy's translation closes the cursor it is given
         # SQLAlchemy's own translation (and invalidation of a lost connection), as Connection.execute does.
         connection._handle_dbapi_exception(exc, compiled.sql, arguments, cursor, None)
-    finally:
-        cursor.close()
     return [compiled.record(row) for row in raw]
+
+
+_CURSOR = "rawsql.cursor"
+
+
+def _cursor(connection: Connection) -> Any:
+    """The driver connection's one cursor for statements run here, made on first use.
+
+    Opening and closing a sqlite3 cursor per statement cost more than some of the statements
+    themselves (docs/performance.md#where-the-time-goes). A cursor belongs to its driver
+    connection, which one request uses at a time, and every statement here reads all its rows
+    before the next one runs, so one cursor serves them all. Kept in the pool's per-connection
+    `info`, with the connection it was made on: a replaced connection gets a new one.
+    """
+    pooled = connection.connection
+    dbapi_connection = pooled.dbapi_connection
+    kept = pooled.info.get(_CURSOR)
+    if kept is None or kept[0] is not dbapi_connection:
+        kept = pooled.info[_CURSOR] = (dbapi_connection, dbapi_connection.cursor())  # type: ignore[union-attr]
+    return kept[1]
+
+
+def _forget_cursor(connection: Connection) -> None:
+    connection.connection.info.pop(_CURSOR, None)
 
 
 def first(connection: Connection, statement: Statement, params: Mapping[str, object]) -> Record | None:
@@ -147,13 +170,14 @@ def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Re
             calls.append((compiled, [compiled.arguments(one) for one in params], True))
     dbapi_connection = connection.connection.dbapi_connection
     pipeline = getattr(dbapi_connection, "pipeline", None)  # psycopg's; SQLite runs in-process anyway
-    # A cursor per statement: a pipelined cursor keeps only its last statement's result.
+    # A cursor per statement in a pipeline (a pipelined cursor keeps only its last statement's
+    # result); without one, each statement's rows are read before the next runs.
     cursors: list[Any] = []
     rows: list[list[Record]] = []
     try:
         with pipeline() if pipeline is not None else nullcontext():
             for compiled, arguments, many in calls:
-                cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
+                cursor = dbapi_connection.cursor() if pipeline is not None else _cursor(connection)  # type: ignore[union-attr]
                 cursors.append(cursor)
                 (cursor.executemany if many else cursor.execute)(compiled.sql, arguments)
                 if pipeline is None:
@@ -161,11 +185,14 @@ def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Re
         if pipeline is not None:  # the results arrived with the pipeline's sync
             rows = [_records(compiled, cursor) for (compiled, _, _), cursor in zip(calls, cursors, strict=True)]
     except dialect.loaded_dbapi.Error as exc:
+        if pipeline is None:
+            _forget_cursor(connection)  # closed by the translation below
         sql = ";\n".join(compiled.sql for compiled, _, _ in calls)
         connection._handle_dbapi_exception(exc, sql, None, cursors[-1] if cursors else None, None)
     finally:
-        for cursor in cursors:
-            cursor.close()
+        if pipeline is not None:
+            for cursor in cursors:
+                cursor.close()
     return rows
 
 
