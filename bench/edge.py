@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message
 
 import booking
+from board import Boards
 from config import Settings
 from errors import Code, SlotUnavailable
 from main import create_app
@@ -118,9 +119,10 @@ def _stub_domain(user_id: uuid.UUID, refuse: list[bool]) -> None:
             )
         return hold
 
-    page = SlotPage(items=[], next_cursor=None)
+    page = SlotPage(items=[], next_cursor=None).model_dump_json().encode()
     booking.create_hold = create_hold  # type: ignore[assignment]
-    booking.list_slots = lambda _, **__: page
+    # The listing is answered by the room's board (board.py), not by booking.
+    Boards.list_slots = lambda self, _, **__: page  # type: ignore[method-assign]
 
 
 async def _run() -> None:
