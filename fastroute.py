@@ -5,10 +5,11 @@ From the route's own declaration it builds, once, a plan: its path, query and he
 and its JSON body, each validated by FastAPI's own field for it, and its dependencies in the order
 FastAPI solves them. A request is then answered in two phases:
 
-1. Pure: every parameter read strictly (a query string without escapes, repeats or unknown
-   names; a body under `application/json`) and validated. Anything else (a missing or invalid
-   value, an odd encoding, a dependency override, telemetry) returns before any side effect, and
-   FastAPI's own handler answers the request: every 422 and edge case is FastAPI's, as before.
+1. Pure: every parameter read strictly (a query string parsed as Starlette parses it, with no
+   repeated key and none the route does not read; a body under `application/json`) and
+   validated. Anything else (a missing or invalid value, an odd encoding, a dependency override,
+   telemetry) returns before any side effect, and FastAPI's own handler answers the request:
+   every 422 and edge case is FastAPI's, as before.
 2. The dependencies called as FastAPI calls them (sub-dependencies first, each once per
    request), then the endpoint: 401, 403, 429 and 400 come from the same functions in the same
    order. A well-formed request has no validation error, so nothing FastAPI would report after
@@ -28,6 +29,7 @@ import typing
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import Request, Response
 from fastapi.datastructures import DefaultPlaceholder
@@ -167,16 +169,10 @@ def plan_for(route: APIRoute) -> Plan | None:
 
 
 def _query(raw: bytes, keys: frozenset[str]) -> dict[str, str] | None:
-    """The query string as Starlette's parse would read it, when it is plain: no escapes, repeats or unknown keys."""
-    if not raw:
-        return {}
-    # Without `%` and `+`, parse_qsl's unquoting changes nothing; ASCII decodes as Latin-1 does.
-    if b"%" in raw or b"+" in raw or not raw.isascii():
-        return None
+    """The query string as Starlette parses it; None when it repeats a key or has one the route does not read."""
     found: dict[str, str] = {}
-    for pair in raw.decode("ascii").split("&"):
-        key, equals, value = pair.partition("=")
-        if not equals or key not in keys or key in found:
+    for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if key not in keys or key in found:
             return None
         found[key] = value
     return found
