@@ -6,7 +6,7 @@ security as its dependencies enforce it, optional bodies as optional references,
 bounds as integers, and the links from one operation's response to the next (`LINKS`).
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -311,13 +311,25 @@ def _finish(app: FastAPI, document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve the finished document at /openapi.json (built once, on first request)."""
+def _in_order(paths: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    # Stable: a path `order` does not name keeps its place after the ones it names.
+    rank = {path: index for index, path in enumerate(dict.fromkeys(order))}
+    return dict(sorted(paths.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
+def install_openapi(app: FastAPI, path_order: Sequence[str] = ()) -> None:
+    """Serve the finished document at /openapi.json (built once, on first request), its paths in `path_order`.
+
+    FastAPI lists paths in the order requests are matched; main.py matches the hot routers
+    first but documents them in their own order.
+    """
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _finish(app, build())
+            document = build()
+            document["paths"] = _in_order(document["paths"], path_order)
+            app.openapi_schema = _finish(app, document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ from auth import CurrentUserId, ensure_acting_user
 from config import Settings
 from db import Database
 from errors import Code
+from fastroute import FastRoute
 from idempotency import Idempotency, IdempotencyDep, respond
 from openapi import IDEMPOTENT_CODES, WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -19,7 +20,7 @@ from routers import json_response
 from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldReadFields, HoldStatus
 from state import DatabaseDep, SettingsDep
 
-router = APIRouter(prefix="/holds", tags=["holds"])
+router = APIRouter(prefix="/holds", tags=["holds"], route_class=FastRoute)
 
 
 @router.post(

@@ -13,13 +13,14 @@ import stream
 from auth import AdminDep, ViewerId, ensure_acting_user
 from clock import utc_now
 from errors import Code, Unauthenticated
+from fastroute import FastRoute
 from openapi import WRITE_CODES, problems
 from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from routers import json_response
 from schemas import Cursor, SlotPage, SlotRead, SlotStatus, UtcDatetime
 from state import BoardsDep, DatabaseDep, HubDep
 
-router = APIRouter(prefix="/slots", tags=["slots"])
+router = APIRouter(prefix="/slots", tags=["slots"], route_class=FastRoute)
 
 UserIdQuery = Annotated[uuid.UUID | None, Query(description="Optional; must be the bearer token's user")]
 
