@@ -4,7 +4,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -348,7 +348,10 @@ def write_transaction(session: Session, *locks: rawsql.Statement, **lock_params:
         # The transaction has ended. A session on the engine has given the connection back
         # already: the pool's check-in hook has done this (_install_postgres_hooks).
         if explicit and not (connection.closed or connection.invalidated):
-            driver.autocommit = False
+            # Refused when not idle (a rollback failed without dropping the connection): the
+            # error on its way out is the one to report; the pool's reset and check-in hook finish this.
+            with suppress(connection.dialect.loaded_dbapi.Error):
+                driver.autocommit = False
 
 
 def _install_postgres_hooks(engine: Engine) -> None:

@@ -108,6 +108,8 @@ def execute(connection: Connection, statement: Statement, params: Mapping[str, o
     try:
         cursor.execute(compiled.sql, arguments)
         raw = cursor.fetchall() if compiled.row is not None else ()
+        if compiled.row is None and cursor.description is not None:
+            cursor.fetchall()  # rows nobody reads (a text() SELECT): a shared cursor keeps no statement open
     except connection.dialect.loaded_dbapi.Error as exc:
         _forget_cursor(connection)  # SQLAlchemy's translation closes the cursor it is given
         # SQLAlchemy's own translation (and invalidation of a lost connection), as Connection.execute does.

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 from httpx import Response
 from psycopg import pq
-from sqlalchemy import Engine, Uuid, select
+from sqlalchemy import Engine, Uuid, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -280,3 +280,16 @@ def test_a_lock_timeout_inside_the_retire_and_claim_batch_is_a_503_and_commits_n
         assert client.get("/holds", headers=bob.auth).json()["items"] == []
         assert client.post("/holds", json={"slot_id": slot}, headers=bob.auth).status_code == 201
         assert [e["event"] for e in _history(client, alice)] == ["HELD", "LAPSED"]
+
+
+def test_a_statement_whose_rows_nobody_reads_leaves_the_shared_cursor_drained() -> None:
+    # rawsql keeps one cursor per driver connection: on SQLite a SELECT left unread would keep
+    # running (and holding its read snapshot) until that cursor's next use.
+    db = Database(Settings(seed_demo_data=False))
+    try:
+        with db.engine.connect() as connection:
+            rawsql.execute(connection, rawsql.Statement(text("SELECT 1 UNION ALL SELECT 2")), {})
+            cursor = rawsql._cursor(connection)
+            assert cursor.fetchone() is None
+    finally:
+        db.dispose()
