@@ -12,6 +12,7 @@
 import asyncio
 import socket
 import sys
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -26,8 +27,24 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
+class OneAcceptLoop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, accepting one pending connection per wake-up instead of a burst.
+
+    With `--workers N` every worker waits on the one shared listening socket, and asyncio's
+    accept loop takes every pending connection (up to the listen backlog) in one go: the
+    worker that wakes first for a client's burst of connections (a load balancer's or a proxy's
+    keep-alive pool, wrk) takes them all and the others idle (see
+    docs/performance.md#one-accept-per-wake-up). Taking one per wake-up leaves the rest to whichever worker
+    wakes next, so an idle worker takes its share. The listen backlog itself is unchanged.
+    """
+
+    def _start_serving(self, protocol_factory: Any, sock: Any, sslcontext: Any = None, server: Any = None,
+                       backlog: int = 100, *args: Any) -> None:
+        super()._start_serving(protocol_factory, sock, sslcontext, server, 1, *args)  # type: ignore[misc]
+
+
 # The flags above, for the benchmark and the tests that start uvicorn as users do.
-UVICORN_FLAGS = ("--loop", "asyncio", "--http", "serving:HttpProtocol")
+UVICORN_FLAGS = ("--loop", "serving:OneAcceptLoop", "--http", "serving:HttpProtocol")
 
 
 def uvicorn_command(app: str, port: int, workers: int = 1, *extra: str) -> list[str]:

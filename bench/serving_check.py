@@ -26,6 +26,7 @@ CASES = (
     ("/busy", 64, 1, ("--loop", "asyncio")),
     ("/ping", 16, 2, ("--loop", "uvloop")),
     ("/ping", 16, 2, ("--loop", "asyncio")),
+    ("/ping", 16, 2, ("--loop", "asyncio", "--http", "serving:HttpProtocol")),
     ("/ping", 16, 2, UVICORN_FLAGS),
 )
 
