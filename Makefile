@@ -17,7 +17,7 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	touch $@ $(VENV)/.runtime-deps
 
 run: $(VENV)/.runtime-deps
-	$(BIN)/uvicorn main:app --host 127.0.0.1 --port 8000 --loop asyncio --http serving:HttpProtocol --no-access-log
+	$(BIN)/uvicorn main:app --host 127.0.0.1 --port 8000 --loop serving:OneAcceptLoop --http serving:HttpProtocol --no-access-log
 
 # Bring DATABASE_URL's schema to the latest migration (start-up does this too).
 migrate: $(VENV)/.runtime-deps

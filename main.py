@@ -77,7 +77,8 @@ async def lifespan(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     gc.freeze()
     if type(asyncio.get_running_loop()).__module__.startswith("uvloop"):
         # SQLite work runs on the event loop; uvloop then starves some connections (serving.py).
-        print("booking: warning: running on uvloop; start uvicorn with --loop asyncio (see serving.py)", flush=True)
+        warning = "running on uvloop; start uvicorn with --loop serving:OneAcceptLoop (see serving.py)"
+        print(f"booking: warning: {warning}", flush=True)
     # PostgreSQL work runs in AnyIO's thread pool, one call per request; one thread per database
     # connection keeps each useful (see docs/performance.md#thread-pool-sizing).
     to_thread.current_default_thread_limiter().total_tokens = state.db.max_connections

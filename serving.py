@@ -1,7 +1,10 @@
-"""How uvicorn serves this app: `uvicorn main:app --loop asyncio --http serving:HttpProtocol`.
+"""How uvicorn serves this app: `uvicorn main:app --loop serving:OneAcceptLoop --http serving:HttpProtocol`.
 
-- `--loop asyncio`: SQLite work runs on the event loop (db.Database.run), and uvloop starves
-  some connections of a loop kept busy like that (see docs/performance.md#asyncio-loop-instead-of-uvloop).
+- `--loop serving:OneAcceptLoop`: asyncio's loop, not uvloop: SQLite work runs on the event loop
+  (db.Database.run), and uvloop starves some connections of a loop kept busy like that (see
+  docs/performance.md#asyncio-loop-instead-of-uvloop). It accepts one pending connection per
+  wake-up, so that with `--workers N` a burst of connections is shared between the workers
+  (see docs/performance.md#one-accept-per-wake-up).
 - `--http serving:HttpProtocol`: uvicorn's httptools protocol with TCP_NODELAY set on every
   connection. With `--workers N` uvicorn binds the socket itself, and asyncio then skips
   TCP_NODELAY on accepted connections (the shared socket reports protocol 0), so a response's
@@ -34,12 +37,19 @@ class OneAcceptLoop(asyncio.SelectorEventLoop):
     accept loop takes every pending connection (up to the listen backlog) in one go: the
     worker that wakes first for a client's burst of connections (a load balancer's or a proxy's
     keep-alive pool, wrk) takes them all and the others idle (see
-    docs/performance.md#one-accept-per-wake-up). Taking one per wake-up leaves the rest to whichever worker
-    wakes next, so an idle worker takes its share. The listen backlog itself is unchanged.
+    docs/performance.md#one-accept-per-wake-up). Taking one per wake-up leaves the rest to
+    whichever worker wakes next, so an idle worker takes its share. The listen backlog is unchanged.
     """
 
-    def _start_serving(self, protocol_factory: Any, sock: Any, sslcontext: Any = None, server: Any = None,
-                       backlog: int = 100, *args: Any) -> None:
+    def _start_serving(
+        self,
+        protocol_factory: Any,
+        sock: Any,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        *args: Any,
+    ) -> None:
         super()._start_serving(protocol_factory, sock, sslcontext, server, 1, *args)  # type: ignore[misc]
 
 

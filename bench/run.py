@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.run            # full run (~12-15 min on 2 cores)
     .venv/bin/python -m bench.run --quick    # < 1 min: ceiling, in-memory SQLite, 10k history on a file
 
-Starts `uvicorn main:app --no-access-log --loop asyncio --http serving:HttpProtocol` on 127.0.0.1
+Starts `uvicorn main:app --no-access-log --loop serving:OneAcceptLoop --http serving:HttpProtocol` on 127.0.0.1
 (one worker for in-memory SQLite, two for the SQLite file and PostgreSQL backends), seeds it
 over HTTP, drives it with wrk + Lua (bench/lua/), checks the no-double-booking invariant after
 every scenario, prints a table and writes JSON (bench/results/). Needs the Debian package `wrk`;

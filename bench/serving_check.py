@@ -1,4 +1,4 @@
-"""Why the service is served with `--loop asyncio --http serving:HttpProtocol` (see serving.py).
+"""Why the service is served with `--loop serving:OneAcceptLoop --http serving:HttpProtocol` (see serving.py).
 
     .venv/bin/python -m bench.serving_check     # ~1 minute; wrk from Debian's packages
     .venv/bin/pip install uvloop==0.23.0         # optional: adds the uvloop rows for comparison
@@ -8,7 +8,8 @@ with plain wrk (one thread, 10 s each, 127.0.0.1 only):
 - `/busy` (3 ms of work on the event loop, as the service's SQLite work) with 64 clients: is every
   connection served in turn, or do some starve (p99, requests over wrk's 2 s timeout)?
 - `/ping` with 2 workers and 16 clients: does each response leave at once, or wait ~40 ms for a
-  delayed ACK (TCP_NODELAY unset on the shared socket's connections)?
+  delayed ACK (TCP_NODELAY unset on the shared socket's connections)? And do both workers serve,
+  or does the first one awake take all 16 connections (asyncio's loop against OneAcceptLoop)?
 """
 
 import importlib.util

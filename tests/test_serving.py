@@ -6,7 +6,7 @@ import socket
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from serving import HttpProtocol
+from serving import HttpProtocol, OneAcceptLoop
 
 
 async def _app(scope: object, receive: object, send: object) -> None:  # never called here
@@ -49,3 +49,62 @@ def test_uvicorns_own_protocol_on_that_socket_leaves_nagle_on() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     assert _accepted_nodelay(HttpToolsProtocol) == 0
+
+
+class _CountingSocket(socket.socket):
+    """A listening socket that notes each accept: True for a connection, False for an empty queue."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.accepts: list[bool] = []
+
+    def accept(self) -> tuple[socket.socket, object]:
+        try:
+            connection = super().accept()
+        except BlockingIOError:
+            self.accepts.append(False)
+            raise
+        self.accepts.append(True)
+        return connection
+
+
+def _accepts_for_a_burst(loop_class: type[asyncio.AbstractEventLoop], burst: int = 3) -> list[bool]:
+    """The listening socket's accepts while a loop takes `burst` connections already queued."""
+    loop = loop_class()
+    listener = _CountingSocket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(burst)]  # queued, not accepted
+    accepted: list[asyncio.BaseTransport] = []
+
+    class Taken(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted.append(transport)
+
+    async def main() -> None:
+        server = await loop.create_server(Taken, sock=listener)
+        while len(accepted) < burst:
+            await asyncio.sleep(0.01)
+        for transport in accepted:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+        for client in clients:
+            client.close()
+    return listener.accepts
+
+
+def test_the_serving_loop_takes_one_pending_connection_per_wake_up() -> None:
+    # Each wake-up takes one connection and returns to the selector, never draining the queue to
+    # its end: with several workers on one socket the others get their turn at a burst.
+    assert _accepts_for_a_burst(OneAcceptLoop) == [True, True, True]
+
+
+def test_asyncios_own_loop_takes_a_whole_burst_in_one_wake_up() -> None:
+    # The control: the stock loop accepts until the queue is empty (why serving.OneAcceptLoop exists).
+    assert _accepts_for_a_burst(asyncio.SelectorEventLoop) == [True, True, True, False]
