@@ -16,10 +16,10 @@ FastAPI solves them. A request is then answered in two phases:
    its dependencies is skipped.
 
 Only what the plan can express gets a fast path (async dependencies taking the request, other
-dependencies and aliased headers; scalar query and path parameters; one JSON body; an endpoint
-that returns a `Response`); any other route keeps FastAPI's handler alone. Router-level
-dependencies (`include_router(dependencies=...)`) are not in the route's own declaration: a
-router using this class must not have any. See docs/design.md#the-request-edge.
+dependencies and aliased headers; scalar query and path parameters without a default factory;
+one JSON body; an endpoint that returns a `Response`); any other route keeps FastAPI's handler
+alone, as does a route included with dependencies beyond its own (the app's, or
+`include_router(dependencies=...)`). See docs/design.md#the-request-edge.
 """
 
 import inspect
@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import Request, Response
+from fastapi import Request, Response, params
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, _effective_route_context_var
 from fastapi.telemetry import get_telemetry_data
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 
 # What FastAPI reads as JSON (its `application/*json` check), as clients send it.
 JSON_CONTENT_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})
@@ -94,6 +95,8 @@ def _param(field: Any, source: typing.Literal["path", "query", "header"]) -> _Pa
     key = info.validation_alias or field.alias
     if not isinstance(key, str) or not _scalar(info.annotation) or info.validate_default:
         return None
+    if info.default_factory is not None:
+        return None  # FastAPI calls it per request; `field.default` would be one value for all
     if source == "header" and info.alias is None:
         return None  # only an aliased header is read under exactly its alias
     default = _REQUIRED if info.is_required() else field.default
@@ -158,7 +161,9 @@ def plan_for(route: APIRoute) -> Plan | None:
     body = None
     if route.dependant.body_params:
         field = route.dependant.body_params[0]
-        if route.body_field is not field:  # embedded in an object, or a form
+        if route.body_field is not field or isinstance(field.field_info, params.Form):
+            return None  # embedded in an object, or a form (read as a form, never as JSON)
+        if field.field_info.default_factory is not None:
             return None
         default = _REQUIRED if field.field_info.is_required() else field.default
         if default is not _REQUIRED and default is not None:
@@ -182,7 +187,7 @@ async def _body(request: Request, param: _Param) -> tuple[bool, object]:
     """(whether the fast path can take it, the body's value), read as FastAPI reads a single JSON body."""
     try:
         raw = await request.body()
-    except Exception:  # a client gone mid-body: FastAPI's handler turns its own read's failure into its 400
+    except ClientDisconnect:  # FastAPI's handler turns its own read's failure into its answer
         return False, None
     if not raw:
         return param.default is not _REQUIRED, param.default
@@ -254,6 +259,14 @@ class FastRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         """FastAPI's handler, behind the fast path when the route has a plan."""
         handler = super().get_route_handler()
+        # FastAPI builds a handler per inclusion, for the route with the dependencies of the app
+        # and of every router it is included through; the plan reads the route's own
+        # declaration only, so a route that gained any there keeps FastAPI's handler. (FastAPI's
+        # own get_route_handler reads this context the same way; tests/test_fastroute.py fails
+        # if a dependency added there is skipped.)
+        included = _effective_route_context_var.get()
+        if included is not None and included.original_route is self and included.dependencies != self.dependencies:
+            return handler
         plan = plan_for(self)
         if plan is None:
             return handler

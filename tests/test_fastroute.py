@@ -3,14 +3,18 @@ two identical worlds, one with the fast path and one without, give the same tran
 
 import random
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import pytest
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
 from fastapi.testclient import TestClient
 from freezegun import freeze_time
+from pydantic import BaseModel
 from sqlalchemy import text
 
 import fastroute
@@ -319,3 +323,71 @@ def test_fast_path_answers_exactly_as_fastapi(settings: Settings, worlds: Callab
         assert got == expected
     # Not vacuous: the fast path answered a good share, and FastAPI the rest.
     assert REQUESTS * 0.25 < answered < REQUESTS * 0.9, answered
+
+
+# ------------------------------------------------------------------ what a plan must not express
+
+
+async def _deny() -> None:
+    raise HTTPException(403, "denied")
+
+
+def _small_app(**app_kwargs: Any) -> tuple[FastAPI, APIRouter]:
+    app = FastAPI(**app_kwargs)
+    router = APIRouter(route_class=fastroute.FastRoute)
+    return app, router
+
+
+@pytest.mark.parametrize("where", ["app", "include"])
+def test_a_dependency_added_where_the_route_is_included_is_never_skipped(where: str) -> None:
+    app, router = _small_app(**({"dependencies": [Depends(_deny)]} if where == "app" else {}))
+
+    @router.get("/secret")
+    async def secret() -> Response:
+        return Response("secret")
+
+    app.include_router(router, **({"dependencies": [Depends(_deny)]} if where == "include" else {}))
+    with TestClient(app) as client:
+        assert client.get("/secret").status_code == 403
+
+
+def test_a_default_factory_is_called_for_every_request() -> None:
+    app, router = _small_app()
+
+    @router.get("/nonce")
+    async def nonce(value: Annotated[str, Query(default_factory=lambda: uuid.uuid4().hex)]) -> Response:
+        return Response(value)
+
+    app.include_router(router)
+    with TestClient(app) as client:
+        assert client.get("/nonce").text != client.get("/nonce").text
+
+
+def test_fastapis_own_body_limit_still_answers_413() -> None:
+    app, router = _small_app()
+
+    class Body(BaseModel):
+        name: str
+
+    @router.post("/small", max_body_size=16)
+    async def small(body: Body) -> Response:
+        return Response(body.name)
+
+    app.include_router(router)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is met while reading
+        yield b'{"name": "'
+        yield b"x" * 40
+        yield b'"}'
+
+    answers: list[int] = []
+    client = TestClient(app)  # no lifespan: a request that hangs must fail the test, not hang its exit
+    caller = threading.Thread(
+        target=lambda: answers.append(
+            client.post("/small", content=chunks(), headers={"content-type": "application/json"}).status_code
+        ),
+        daemon=True,
+    )
+    caller.start()
+    caller.join(10)
+    assert answers == [413]
