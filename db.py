@@ -17,7 +17,7 @@ from anyio import to_thread
 from sqlalchemy import Connection, Engine, create_engine, delete, event, literal, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
@@ -275,7 +275,42 @@ def _install_sqlite_hooks(engine: Engine, *, wal: bool, busy_timeout: float = 5.
         # Through rawsql, which translates driver errors as SQLAlchemy does: a lock timeout here
         # must arrive as a DBAPIError (503 DATABASE_BUSY), and "begin" hooks run outside
         # SQLAlchemy's own translation.
-        rawsql.execute(conn, _SQLITE_BEGIN[conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")], {})
+        mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+        if mode == "IMMEDIATE" and wal:
+            _begin_writer(conn, busy_timeout)
+        else:
+            rawsql.execute(conn, _SQLITE_BEGIN[mode], {})
+
+
+# How often a writer asks again for a SQLite file's write lock that another process holds.
+_LOCK_POLL_SECONDS = 0.0005
+
+
+def _begin_writer(conn: Connection, busy_timeout: float) -> None:
+    """BEGIN IMMEDIATE on a SQLite file, asking again every half millisecond while another process writes.
+
+    SQLite's own busy handler sleeps in growing steps (1, 2, 5, 10, ... up to 100 ms) rather
+    than being woken when the lock is free, so under sustained writes from two workers the
+    unlucky waiter slept far longer than the ~1 ms the other's write held the lock
+    (docs/performance.md#latest-run). Here the handler is off for the attempt and
+    the wait is a short poll, up to the same SQLITE_BUSY_TIMEOUT_SECONDS; the last refusal
+    arrives translated, as a 503 DATABASE_BUSY.
+    """
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    deadline = time.monotonic() + busy_timeout
+    driver.execute("PRAGMA busy_timeout = 0").fetchall()
+    try:
+        while True:
+            try:
+                rawsql.execute(conn, _SQLITE_BEGIN["IMMEDIATE"], {})
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_LOCK_POLL_SECONDS)
+    finally:
+        driver.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}").fetchall()
 
 
 # PostgreSQL: a write transaction's own BEGIN and COMMIT, sent in batches with its other statements.

@@ -77,6 +77,32 @@ def test_a_real_sqlite_write_lock_held_elsewhere_is_a_503_and_the_service_keeps_
         assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
 
 
+def test_a_write_waits_for_a_sqlite_write_lock_held_elsewhere_and_leaves_the_busy_timeout_as_it_was(
+    tmp_path,
+) -> None:
+    # The writer asks again for the lock (db._begin_writer) instead of SQLite's busy handler:
+    # with the handler off, a single attempt would fail at once. It waits, within the busy
+    # timeout, and gets the lock once the other process lets go; afterwards the connection
+    # waits in SQLite's handler again for everything else.
+    import threading
+
+    path = tmp_path / "busy.db"
+    settings = isolated_settings(database_url=f"sqlite:///{path}", sqlite_busy_timeout_seconds=5)
+    with TestClient(create_app(settings)) as client:
+        alice, slot = make_user(client), make_slot(client)
+        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        releaser = threading.Timer(0.3, blocker.rollback)
+        releaser.start()
+        try:
+            assert client.post("/holds", json={"slot_id": slot}, headers=alice.auth).status_code == 201
+        finally:
+            releaser.join()
+            blocker.close()
+        with client.app.state.db.engine.connect() as conn:  # type: ignore[attr-defined]
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+
+
 def test_a_worker_starting_while_another_writes_a_new_sqlite_file_waits_instead_of_failing(tmp_path) -> None:
     """Workers starting together on a new file: one migrates (holding the write lock) while the
     others connect. Switching a file to WAL does not wait in SQLite's busy handler, so without the
