@@ -188,13 +188,12 @@ _USER_ID = bindparam("p_user_id", type_=Uuid)
 
 def _live_holds_of(user_id: ColumnElement[uuid.UUID], now: ColumnElement[datetime]) -> ScalarSelect[Any]:
     """How many unconfirmed holds of this user are live at `now` (the per-user cap)."""
-    # `status = 'HOLD'` as literal SQL: the partial index ix_holds_user_id_expires_at's own
-    # predicate, so only the user's unconfirmed holds are read (see _is_active).
-    unconfirmed = literal_column("status") == literal_column(f"'{HOLD.value}'")
+    # `status = 'HOLD'`: the partial index ix_holds_user_id_expires_at's own predicate, so only
+    # the user's unconfirmed holds are read (see _status_in).
     return (
         select(func.count())
         .select_from(_holds)
-        .where(_holds.c.user_id == user_id, unconfirmed, _holds.c.expires_at > now)
+        .where(_holds.c.user_id == user_id, _status_in(_holds.c, HOLD), _holds.c.expires_at > now)
         .scalar_subquery()
     )
 

@@ -107,14 +107,11 @@ def execute(connection: Connection, statement: Statement, params: Mapping[str, o
     cursor = _cursor(connection)
     try:
         cursor.execute(compiled.sql, arguments)
-        raw = cursor.fetchall() if compiled.row is not None else ()
-        if compiled.row is None and cursor.description is not None:
-            cursor.fetchall()  # rows nobody reads (a text() SELECT): a shared cursor keeps no statement open
+        return _records(compiled, cursor)
     except connection.dialect.loaded_dbapi.Error as exc:
         _forget_cursor(connection)  # SQLAlchemy's translation closes the cursor it is given
         # SQLAlchemy's own translation (and invalidation of a lost connection), as Connection.execute does.
         connection._handle_dbapi_exception(exc, compiled.sql, arguments, cursor, None)
-    return [compiled.record(row) for row in raw]
 
 
 _CURSOR = "rawsql.cursor"
@@ -199,4 +196,10 @@ def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Re
 
 
 def _records(compiled: _Compiled, cursor: Any) -> list[Record]:
-    return [compiled.record(row) for row in cursor.fetchall()] if compiled.row is not None else []
+    """The statement's rows, read to the end; rows nobody reads (a text() SELECT) are drained,
+    so the shared cursor keeps no statement open (on SQLite, its read snapshot)."""
+    if compiled.row is None:
+        if cursor.description is not None:
+            cursor.fetchall()
+        return []
+    return [compiled.record(row) for row in cursor.fetchall()]
