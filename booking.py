@@ -43,8 +43,9 @@ from sqlalchemy.sql.selectable import ScalarSelect
 
 import changelog
 import rawsql
+from clock import utc_now
 from config import Settings
-from db import read_transaction, write_transaction
+from db import Database, read_transaction, write_transaction
 from errors import (
     BOOKING_CONFLICT_CODES,
     CONFIRM_GONE_DETAIL,
@@ -312,13 +313,37 @@ def _write_holds(session: Session, *writes: _HoldWrite) -> list[rawsql.Record | 
 # --- the lifecycle -------------------------------------------------------------------------------
 
 
-def create_hold(session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings) -> HoldReadFields:
-    """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started."""
+async def refuse_if_taken(db: Database, slot_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """`create_hold`'s refusal read as a fast read (fastread.py): 404 or 409 raised; True when it found the slot free.
+
+    False when the read could not be answered that way: `create_hold` then reads it itself.
+    """
+    judged_at: list[datetime] = []
+
+    def params() -> dict[str, object]:  # the clock read once a connection is held, as a transaction's would be
+        judged_at.append(utc_now())
+        return {"p_now": judged_at[0], "p_slot_id": slot_id, "p_viewer": None}
+
+    rows = await db.reads.fetch(_one_slot_statement(False), params)
+    if rows is None:
+        return False
+    _refuse_if_claimed(rows[0] if rows else None, user_id, judged_at[0])
+    return True
+
+
+def create_hold(
+    session: Session, *, slot_id: uuid.UUID, user_id: uuid.UUID, settings: Settings, refusal_read: bool = True
+) -> HoldReadFields:
+    """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started.
+
+    `refusal_read=False`: the caller has just made it (`refuse_if_taken`).
+    """
     # A slot that is plainly taken is refused from a read, so the contention path (a hundred
     # clicks on one slot) never queues for the write lock. The read only refuses: it saw a
     # live claim at `now`, so 409 is true. The write below still decides alone whether to claim.
-    with read_transaction(session) as now:
-        _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
+    if refusal_read:
+        with read_transaction(session) as now:
+            _refuse_if_claimed(_slot_and_claim(session, slot_id, now), user_id, now)
     try:
         # The user's row after the slot's: one user's holds take turns, so the cap below counts
         # every hold committed before this one (SQLite's one writer does this already).

@@ -25,6 +25,7 @@ import changelog
 import rawsql
 from clock import utc_now
 from config import Settings
+from fastread import FastReads
 from models import Base, Room, ServiceSecret, TimeSlot, User
 
 # Execution option read by the SQLite "begin" hook: writers take the write lock up front.
@@ -67,6 +68,7 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self._anchor: sqlite3.Connection | None = None
         url = normalise_url(settings.database_url)
+        connect_args: dict[str, object] = {}  # PostgreSQL's, for the pool and the fast reads alike
         if _is_memory_sqlite(url):
             self.engine = self._memory_sqlite_engine(settings)
             self._max_overflow = 0
@@ -81,6 +83,11 @@ class Database:
             _install_sqlite_hooks(self.engine, wal=True, busy_timeout=settings.sqlite_busy_timeout_seconds)
         else:
             self._max_overflow = settings.db_max_overflow
+            connect_args = {
+                "application_name": "booking-api",
+                "connect_timeout": settings.db_connect_timeout_seconds,
+                "options": _postgres_timeouts(settings.db_lock_timeout_seconds, settings.db_statement_timeout_seconds),
+            }
             self.engine = create_engine(
                 url,
                 pool_size=settings.db_pool_size,
@@ -88,16 +95,16 @@ class Database:
                 pool_timeout=settings.db_pool_timeout_seconds,
                 # No ping per checkout (a round trip per transaction): a connection found dropped
                 # is recovered by running the request's work once more (Database.run).
-                connect_args={
-                    "application_name": "booking-api",
-                    "connect_timeout": settings.db_connect_timeout_seconds,
-                    "options": _postgres_timeouts(
-                        settings.db_lock_timeout_seconds, settings.db_statement_timeout_seconds
-                    ),
-                },
+                connect_args=connect_args,
             )
             _install_postgres_hooks(self.engine)
         self.backend = self.engine.dialect.name
+        # The reads a request can answer on the event loop alone (fastread.py).
+        self.reads = FastReads(
+            self.engine,
+            connections=settings.db_fast_read_connections,
+            connect_args=connect_args,
+        )
         self.in_memory = self._anchor is not None
         # SQLite is in-process and lets one writer in at a time, so a request's database work
         # runs on the event loop, one unit at a time: worker threads would fight for the write
@@ -153,6 +160,7 @@ class Database:
 
     def dispose(self) -> None:
         """Close every connection (and so free an in-memory database)."""
+        self.reads.close()
         self.engine.dispose()
         if self._anchor is not None:
             self._anchor.close()

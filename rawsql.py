@@ -22,6 +22,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Dialect
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -104,12 +105,12 @@ def execute(connection: Connection, statement: Statement, params: Mapping[str, o
     """Run one statement in the connection's open transaction; its rows (none for a statement without)."""
     compiled = statement.compiled(connection.dialect)
     arguments = compiled.arguments(params)
-    cursor = _cursor(connection)
+    cursor = _cursor(connection.connection)
     try:
         cursor.execute(compiled.sql, arguments)
         return _records(compiled, cursor)
     except connection.dialect.loaded_dbapi.Error as exc:
-        _forget_cursor(connection)  # SQLAlchemy's translation closes the cursor it is given
+        _forget_cursor(connection.connection)  # SQLAlchemy's translation closes the cursor it is given
         # SQLAlchemy's own translation (and invalidation of a lost connection), as Connection.execute does.
         connection._handle_dbapi_exception(exc, compiled.sql, arguments, cursor, None)
 
@@ -117,7 +118,24 @@ def execute(connection: Connection, statement: Statement, params: Mapping[str, o
 _CURSOR = "rawsql.cursor"
 
 
-def _cursor(connection: Connection) -> Any:
+def run_on(
+    pooled: PoolProxiedConnection, dialect: Dialect, statement: Statement, params: Mapping[str, object]
+) -> list[Record]:
+    """Run one statement on a pooled driver connection checked out without SQLAlchemy's Connection.
+
+    No translation: a driver error is raised as the driver's (fastread.py takes its usual path then).
+    """
+    compiled = statement.compiled(dialect)
+    cursor = _cursor(pooled)
+    try:
+        cursor.execute(compiled.sql, compiled.arguments(params))
+        return _records(compiled, cursor)
+    except BaseException:
+        _forget_cursor(pooled)
+        raise
+
+
+def _cursor(pooled: PoolProxiedConnection) -> Any:
     """The driver connection's one cursor for statements run here, made on first use.
 
     Opening and closing a sqlite3 cursor per statement cost more than some of the statements
@@ -126,7 +144,6 @@ def _cursor(connection: Connection) -> Any:
     before the next one runs, so one cursor serves them all. Kept in the pool's per-connection
     `info`, with the connection it was made on: a replaced connection gets a new one.
     """
-    pooled = connection.connection
     dbapi_connection = pooled.dbapi_connection
     kept = pooled.info.get(_CURSOR)
     if kept is None or kept[0] is not dbapi_connection:
@@ -134,8 +151,8 @@ def _cursor(connection: Connection) -> Any:
     return kept[1]
 
 
-def _forget_cursor(connection: Connection) -> None:
-    connection.connection.info.pop(_CURSOR, None)
+def _forget_cursor(pooled: PoolProxiedConnection) -> None:
+    pooled.info.pop(_CURSOR, None)
 
 
 def first(connection: Connection, statement: Statement, params: Mapping[str, object]) -> Record | None:
@@ -176,7 +193,7 @@ def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Re
     try:
         with pipeline() if pipeline is not None else nullcontext():
             for compiled, arguments, many in calls:
-                cursor = dbapi_connection.cursor() if pipeline is not None else _cursor(connection)  # type: ignore[union-attr]
+                cursor = dbapi_connection.cursor() if pipeline is not None else _cursor(connection.connection)  # type: ignore[union-attr]
                 cursors.append(cursor)
                 (cursor.executemany if many else cursor.execute)(compiled.sql, arguments)
                 if pipeline is None:
@@ -185,7 +202,7 @@ def execute_batch(connection: Connection, steps: Sequence[Step]) -> list[list[Re
             rows = [_records(compiled, cursor) for (compiled, _, _), cursor in zip(calls, cursors, strict=True)]
     except dialect.loaded_dbapi.Error as exc:
         if pipeline is None:
-            _forget_cursor(connection)  # closed by the translation below
+            _forget_cursor(connection.connection)  # closed by the translation below
         sql = ";\n".join(compiled.sql for compiled, _, _ in calls)
         connection._handle_dbapi_exception(exc, sql, None, cursors[-1] if cursors else None, None)
     finally:

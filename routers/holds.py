@@ -53,9 +53,14 @@ async def create_hold(
 ) -> Response:
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""
     ensure_acting_user(user_id, data.user_id)
+    # A plainly taken slot is refused from a fast read, on the event loop (fastread.py); not for
+    # a keyed request, whose retry must find its stored answer first (a 201 for its own hold).
+    read = idem is None and await booking.refuse_if_taken(db, data.slot_id, user_id)
 
     def work(session: Session) -> HoldReadFields:
-        return booking.create_hold(session, slot_id=data.slot_id, user_id=user_id, settings=settings)
+        return booking.create_hold(
+            session, slot_id=data.slot_id, user_id=user_id, settings=settings, refusal_read=not read
+        )
 
     return await respond(db, settings, idem, user_id, work, 201)
 

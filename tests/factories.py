@@ -4,6 +4,7 @@ readers and the problem-document assertion."""
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
 from httpx2 import Response
@@ -118,3 +119,16 @@ def assert_problem(response: Response, status: int, code: str) -> dict:
     assert body["code"] == code, body
     assert {"type", "title", "detail"} <= body.keys()
     return body
+
+
+def count_runs(db: Any, monkeypatch: Any) -> list[object]:
+    """Every Database.run call (a request's unit of work) from now on; a fast read is not one."""
+    runs: list[object] = []
+    run = db.run
+
+    async def counted(work: object) -> object:
+        runs.append(work)
+        return await run(work)
+
+    monkeypatch.setattr(db, "run", counted)
+    return runs

@@ -25,12 +25,13 @@ import changelog
 import live
 import rawsql
 import stream
+import tokens
 from board import Boards
 from config import Settings
 from main import create_app
 from schemas import SlotPage, SlotStatus
 from tests.conftest import POSTGRES_URL, empty_postgres
-from tests.factories import ADMIN, TTL, ApiUser, isolated_settings, make_hold, make_room, make_user
+from tests.factories import ADMIN, TTL, ApiUser, count_runs, isolated_settings, make_hold, make_room, make_user
 
 NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
 DAY = datetime(2030, 1, 2, tzinfo=UTC)
@@ -198,33 +199,52 @@ def test_a_board_reaches_back_to_an_earlier_from_within_a_day_and_moves_on_with_
         assert kept.lower == NOW + timedelta(days=2, seconds=1) - board.LOOKBACK
 
 
-def test_a_current_board_answers_after_one_head_read_and_nothing_else(
+def test_a_current_board_answers_after_one_fast_head_read_and_nothing_else(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After the first listing, the next reads the log's head (on the driver connection) and no other statement."""
+    """After the first listing, the next reads the log's head as a fast read: no other statement, no unit of work."""
     alice = make_user(client)
     room = make_room(client)
     _slot_at(client, room, 10)
     _listing(client, room, alice)
-    heads: list[int] = []
-    statements: list[str] = []
-    read_head = board.head
+    db = client.app.state.db  # type: ignore[attr-defined]
+    reads: list[str] = []
+    fetch = db.reads.fetch
 
-    def counted_head(session: Session) -> int:
-        heads.append(read_head(session))
-        return heads[-1]
+    async def counted_fetch(statement: rawsql.Statement, params: dict[str, object]) -> object:
+        reads.append(statement.compiled(db.engine.dialect).sql)
+        return await fetch(statement, params)
+
+    statements: list[str] = []
 
     def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
         statements.append(statement)
 
-    monkeypatch.setattr(board, "head", counted_head)
-    engine = client.app.state.db.engine  # type: ignore[attr-defined]
-    event.listen(engine, "before_cursor_execute", seen)
+    monkeypatch.setattr(db.reads, "fetch", counted_fetch)
+    runs = count_runs(db, monkeypatch)
+    event.listen(db.engine, "before_cursor_execute", seen)
     try:
         assert _statuses(client, room, alice) != {}
     finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    assert (len(heads), statements) == (1, [])
+        event.remove(db.engine, "before_cursor_execute", seen)
+    head_sql = changelog.HEAD.compiled(db.engine.dialect).sql
+    assert (reads, runs, statements) == ([head_sql], [], [])
+
+
+def test_a_board_behind_the_head_takes_the_unit_of_work_and_catches_up(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write after the board was kept: the fast read finds the board behind, and the listing shows the write."""
+    alice, bob = make_user(client), make_user(client)
+    room = make_room(client)
+    slot = _slot_at(client, room, 10)
+    assert _statuses(client, room, alice) == {slot: "AVAILABLE"}
+    make_hold(client, bob, slot)
+    monkeypatch.setattr(tokens, "CACHE_SECONDS", 3600.0)  # no token re-check among the counted requests
+    runs = count_runs(client.app.state.db, monkeypatch)  # type: ignore[attr-defined]
+    assert _statuses(client, room, alice) == {slot: "HELD_BY_OTHER"}
+    assert _statuses(client, room, alice) == {slot: "HELD_BY_OTHER"}
+    assert len(runs) == 1  # the first caught the board up; the second was answered by the fast read
 
 
 @pytest.fixture

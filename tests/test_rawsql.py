@@ -289,7 +289,7 @@ def test_a_statement_whose_rows_nobody_reads_leaves_the_shared_cursor_drained() 
     try:
         with db.engine.connect() as connection:
             rawsql.execute(connection, rawsql.Statement(text("SELECT 1 UNION ALL SELECT 2")), {})
-            cursor = rawsql._cursor(connection)
+            cursor = rawsql._cursor(connection.connection)
             assert cursor.fetchone() is None
     finally:
         db.dispose()
