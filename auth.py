@@ -174,11 +174,11 @@ def rotate_admin_token(session: Session) -> str:
 
 
 async def _token_user_id(state: AppState, token: str) -> uuid.UUID | None:
-    # From the cache when this process has seen the token; else one database call. Either way
-    # before FastAPI validates the request, so 401/403 come before 422, as for any dependency.
+    # From the cache when this process has seen the token; else one fast read or database call.
+    # Either way before FastAPI validates the request, so 401/403 come before 422, as for any dependency.
     user_id = state.tokens.cached(token)
     if user_id is None:
-        user_id = await state.db.run(lambda session: state.tokens.user_id(session, token))
+        user_id = await state.tokens.check(state.db, token)
     return user_id
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 import rawsql
 from clock import utc_now
-from db import read_transaction, write_transaction
+from db import Database, read_transaction, write_transaction
 from models import ApiToken
 
 # How long a process trusts a token it has checked in the database without asking again: the
@@ -53,6 +53,12 @@ _TOUCH = (
 def _monotonic() -> float:
     # Looked up at each call, not bound at import, so a frozen test clock (freezegun) governs it too.
     return time.monotonic()
+
+
+def _use_due(row: rawsql.Record, now: datetime) -> bool:
+    """Whether the token's use is to be recorded now (its last_used_at a minute old, or never set)."""
+    last_used: datetime | None = row.last_used_at
+    return last_used is None or last_used <= now - LAST_USED_RESOLUTION
 
 
 def _touch(session: Session, token_id: uuid.UUID) -> None:
@@ -104,6 +110,19 @@ class TokenCache:
         """The token's user id if this process checked it valid within the last second; no database work."""
         return self._fresh(hash_token(token))
 
+    async def check(self, db: Database, token: str) -> uuid.UUID | None:
+        """`user_id` for a token not cached: its read as a fast read (fastread.py), else in a database call.
+
+        The call also when the token's use is due to be recorded (a write, once a minute).
+        """
+        token_hash = hash_token(token)
+        checked_at = self._clock()  # before the read: an entry is never younger than what it saw
+        rows = await db.reads.fetch(_TOKEN_ROW, {"h": token_hash})
+        now = utc_now()
+        if rows is None or (rows and _use_due(rows[0], now)):
+            return await db.run(lambda session: self.user_id(session, token))
+        return self._admit(token_hash, rows[0] if rows else None, now, checked_at)
+
     def user_id(self, session: Session, token: str) -> uuid.UUID | None:
         """The token's user id, from this cache or else from the database; None if unknown, revoked or expired."""
         token_hash = hash_token(token)
@@ -113,11 +132,15 @@ class TokenCache:
         checked_at = self._clock()  # before the read: an entry is never younger than what it saw
         with read_transaction(session) as now:
             row = rawsql.first(session.connection(), _TOKEN_ROW, {"h": token_hash})
+        if row is not None and _use_due(row, now):
+            _touch(session, row.id)
+        return self._admit(token_hash, row, now, checked_at)
+
+    def _admit(self, token_hash: str, row: rawsql.Record | None, now: datetime, checked_at: float) -> uuid.UUID | None:
+        """Cache the token's row as read at `now` if it is valid, and give its user id; None (and forgotten) if not."""
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
             self.forget(token_hash)
             return None
-        if row.last_used_at is None or row.last_used_at <= now - LAST_USED_RESOLUTION:
-            _touch(session, row.id)
         with self._lock:
             self._entries.pop(token_hash, None)
             if len(self._entries) >= self._max_entries:

@@ -1,7 +1,9 @@
 """The per-process token cache: a known token skips the database for at most a second, an unknown one never sticks."""
 
+import asyncio
 import sqlite3
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -13,6 +15,7 @@ from config import Settings
 from db import Database, prepare_schema
 from models import ApiToken
 from schemas import UserCreate
+from tests.factories import count_runs
 from tokens import CACHE_SECONDS, hash_token
 
 
@@ -224,3 +227,83 @@ def test_cached_answers_only_for_tokens_already_seen_valid() -> None:
 def test_a_cache_of_no_entries_raises_value_error() -> None:
     with pytest.raises(ValueError):
         TokenCache(max_entries=0)
+
+
+def test_a_token_is_checked_by_a_fast_read_and_its_use_recorded_once_a_minute_by_a_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`check`: the read is a fast read; only when last_used_at is due does the check take a database call."""
+    db = _database()
+    with freeze_time("2030-01-01T12:00:00Z") as frozen:
+        with Session(db.engine, expire_on_commit=False) as session:
+            user, token = create_user(session, UserCreate(name="A", handle="a"))
+        runs = count_runs(db, monkeypatch)
+        selects = _count_statements(db)
+        clock = FakeClock()
+        cache = TokenCache(clock=clock)
+        assert asyncio.run(cache.check(db, token)) == user.id  # never used: recorded, in a call
+        assert len(runs) == 1
+        for _ in range(3):
+            frozen.tick(1)
+            clock.now += CACHE_SECONDS
+            assert asyncio.run(cache.check(db, token)) == user.id
+        assert len(runs) == 1 and len(selects) == 2 + 3  # the call's read and its fast read; three fast reads
+        frozen.tick(60)
+        clock.now += CACHE_SECONDS
+        assert asyncio.run(cache.check(db, token)) == user.id
+        assert len(runs) == 2
+    db.dispose()
+
+
+def test_a_fast_read_refuses_revoked_and_unknown_tokens_without_keeping_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="A", handle="a"))
+    clock = FakeClock()
+    cache = TokenCache(clock=clock)
+    assert asyncio.run(cache.check(db, token)) == user.id
+    with Session(db.engine, expire_on_commit=False) as session:
+        revoke_presented_token(session, user.id, hash_token(token))
+    runs = count_runs(db, monkeypatch)
+    clock.now += CACHE_SECONDS
+    assert asyncio.run(cache.check(db, token)) is None
+    assert asyncio.run(cache.check(db, "not-a-token")) is None
+    assert (runs, cache._entries) == ([], {})
+    db.dispose()
+
+
+def test_a_token_check_the_fast_read_cannot_answer_takes_a_database_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        user, token = create_user(session, UserCreate(name="A", handle="a"))
+    cache = TokenCache()
+    assert asyncio.run(cache.check(db, token)) == user.id  # records the use
+
+    async def cannot(*_args: object) -> None:
+        return None
+
+    monkeypatch.setattr(db.reads, "fetch", cannot)
+    runs = count_runs(db, monkeypatch)
+    assert asyncio.run(TokenCache().check(db, token)) == user.id
+    assert len(runs) == 1
+    db.dispose()
+
+
+def test_a_fast_token_entry_ages_from_before_its_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _database()
+    with Session(db.engine, expire_on_commit=False) as session:
+        _, token = create_user(session, UserCreate(name="A", handle="a"))
+    asyncio.run(TokenCache().check(db, token))  # records the use: the next check is a fast read alone
+    clock = FakeClock()
+    cache = TokenCache(clock=clock)
+    fetch = db.reads.fetch
+
+    async def slow(*args: Any) -> Any:
+        clock.now += 0.4
+        return await fetch(*args)
+
+    monkeypatch.setattr(db.reads, "fetch", slow)
+    asyncio.run(cache.check(db, token))
+    (entry,) = cache._entries.values()
+    assert entry.checked_at == 1000.0
+    db.dispose()
