@@ -55,6 +55,11 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
+def _valid(row: rawsql.Record, now: datetime) -> bool:
+    """Whether the token's row admits it at `now`: not revoked, not expired."""
+    return row.revoked_at is None and (row.expires_at is None or row.expires_at > now)
+
+
 def _use_due(row: rawsql.Record, now: datetime) -> bool:
     """Whether the token's use is to be recorded now (its last_used_at a minute old, or never set)."""
     last_used: datetime | None = row.last_used_at
@@ -119,7 +124,7 @@ class TokenCache:
         checked_at = self._clock()  # before the read: an entry is never younger than what it saw
         rows = await db.reads.fetch(_TOKEN_ROW, {"h": token_hash})
         now = utc_now()
-        if rows is None or (rows and _use_due(rows[0], now)):
+        if rows is None or (rows and _valid(rows[0], now) and _use_due(rows[0], now)):
             return await db.run(lambda session: self.user_id(session, token))
         return self._admit(token_hash, rows[0] if rows else None, now, checked_at)
 
@@ -132,13 +137,13 @@ class TokenCache:
         checked_at = self._clock()  # before the read: an entry is never younger than what it saw
         with read_transaction(session) as now:
             row = rawsql.first(session.connection(), _TOKEN_ROW, {"h": token_hash})
-        if row is not None and _use_due(row, now):
+        if row is not None and _valid(row, now) and _use_due(row, now):
             _touch(session, row.id)
         return self._admit(token_hash, row, now, checked_at)
 
     def _admit(self, token_hash: str, row: rawsql.Record | None, now: datetime, checked_at: float) -> uuid.UUID | None:
         """Cache the token's row as read at `now` if it is valid, and give its user id; None (and forgotten) if not."""
-        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        if row is None or not _valid(row, now):
             self.forget(token_hash)
             return None
         with self._lock:

@@ -2,7 +2,7 @@
 
 import asyncio
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -306,4 +306,33 @@ def test_a_fast_token_entry_ages_from_before_its_read(monkeypatch: pytest.Monkey
     asyncio.run(cache.check(db, token))
     (entry,) = cache._entries.values()
     assert entry.checked_at == 1000.0
+    db.dispose()
+
+
+@pytest.mark.parametrize("ended", ["revoked", "expired"])
+def test_a_revoked_or_expired_token_is_refused_without_recording_its_use(
+    ended: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last_used_at is a minute old and more, yet a refused token is never recorded as used, nor costs a call."""
+    db = _database()
+    with freeze_time("2030-01-01T12:00:00Z") as frozen:
+        with Session(db.engine, expire_on_commit=False) as session:
+            user, token = create_user(session, UserCreate(name="A", handle="a"), ttl=timedelta(days=1))
+        clock = FakeClock()
+        cache = TokenCache(clock=clock)
+        assert asyncio.run(cache.check(db, token)) == user.id  # used at 12:00
+        if ended == "revoked":
+            with Session(db.engine, expire_on_commit=False) as session:
+                revoke_presented_token(session, user.id, hash_token(token))
+            frozen.tick(timedelta(hours=1))
+        else:
+            frozen.tick(timedelta(days=2))
+        clock.now += CACHE_SECONDS
+        runs = count_runs(db, monkeypatch)
+        assert asyncio.run(cache.check(db, token)) is None
+        with Session(db.engine, expire_on_commit=False) as session:
+            assert cache.user_id(session, token) is None
+            last_used = session.scalar(select(ApiToken.last_used_at))
+        assert runs == []
+        assert last_used == datetime(2030, 1, 1, 12, tzinfo=UTC)
     db.dispose()
