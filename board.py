@@ -252,18 +252,13 @@ class Boards:
         if room_id is None or room_id not in self._boards or not self.db.reads.enabled:
             return None
         position = await (self._head.position() if self._head is not None else _read_head(self.db))
-        board = self._boards.get(room_id)
         now = utc_now()
-        if position is None or board is None or board.position != position or not _reaches(board, start_from, now):
+        board = None if position is None else self._kept_at(room_id, position, start_from, now)
+        if board is None:
             return None
-        body = board.page(
+        return board.page(
             viewer_id, now, start_from=start_from or now, start_to=start_to, status=status, limit=limit, after=after
         )
-        if body is not None:
-            with self._lock:
-                if room_id in self._boards:
-                    self._boards.move_to_end(room_id)
-        return body
 
     def list_slots(
         self,
@@ -321,12 +316,10 @@ class Boards:
         """
         # The head first, in its own read: whatever is read after it is at least as new.
         position = head(session)
+        kept = self._kept_at(room_id, position, start_from, utc_now())
+        if kept is not None:
+            return kept
         board = self._boards.get(room_id)
-        if board is not None and board.position == position and _reaches(board, start_from, utc_now()):
-            with self._lock:
-                if room_id in self._boards:
-                    self._boards.move_to_end(room_id)
-            return board
         with read_transaction(session) as now:
             if (
                 board is None
@@ -340,6 +333,18 @@ class Boards:
             else:
                 board = _catch_up(session, now, board, position)
         self._keep(board)
+        return board
+
+    def _kept_at(
+        self, room_id: uuid.UUID, position: int, start_from: datetime | None, now: datetime
+    ) -> RoomBoard | None:
+        """The room's kept board if it is at this head position and suits this request (marked recently used)."""
+        board = self._boards.get(room_id)
+        if board is None or board.position != position or not _reaches(board, start_from, now):
+            return None
+        with self._lock:
+            if room_id in self._boards:
+                self._boards.move_to_end(room_id)
         return board
 
     def _keep(self, board: RoomBoard) -> None:
