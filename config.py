@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(0, ge=0)
     db_pool_timeout_seconds: float = Field(30.0, gt=0)
     # PostgreSQL: connections per worker, beside the pool, for the reads answered on the event
-    # loop (a board's log check, a hold's refusal read: fastread.py); 0 sends them through the pool.
+    # loop (a board's log check, a hold's refusal read, a token check: fastread.py); 0 sends them
+    # through the pool.
     db_fast_read_connections: int = Field(4, ge=0)
     # PostgreSQL, per connection: a statement waiting this long for a row lock, or running this
     # long, is cancelled and its request is a 503 DATABASE_BUSY, rather than holding a pooled
