@@ -21,8 +21,6 @@ board's lower bound (at most a day before it was loaded), or a range running pas
 `ROOM_SLOTS` slots from its lower bound). See docs/design.md#a-board-per-room-in-each-worker.
 """
 
-import asyncio
-import logging
 import threading
 import uuid
 from bisect import bisect_left, bisect_right
@@ -47,8 +45,6 @@ from live import Change, Range, changes
 from models import Room
 from pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
 from schemas import SlotPage, SlotRead, SlotStatus
-
-log = logging.getLogger("booking.board")
 
 # Slots one board keeps; a room with more keeps its first ones (and answers ranges within them).
 ROOM_SLOTS = 500
@@ -227,7 +223,6 @@ class Boards:
         self.db = db
         self._boards: OrderedDict[uuid.UUID, RoomBoard] = OrderedDict()
         self._lock = threading.Lock()
-        self._head = _SharedHeadRead(db) if db.backend == "postgresql" else None
 
     def __len__(self) -> int:
         return len(self._boards)
@@ -251,7 +246,8 @@ class Boards:
         after = decode_cursor(cursor) if cursor is not None else None
         if room_id is None or room_id not in self._boards or not self.db.reads.enabled:
             return None
-        position = await (self._head.position() if self._head is not None else _read_head(self.db))
+        # Shared by this worker's concurrent listings, each answered by a read sent after it asked.
+        position = await self.db.reads.shared(changelog.HEAD, self._read_head)
         now = utc_now()
         board = None if position is None else self._kept_at(room_id, position, start_from, now)
         if board is None:
@@ -347,6 +343,10 @@ class Boards:
                 self._boards.move_to_end(room_id)
         return board
 
+    async def _read_head(self) -> int | None:
+        rows = await self.db.reads.fetch(changelog.HEAD, {})
+        return None if rows is None else int(rows[0][0])
+
     def _keep(self, board: RoomBoard) -> None:
         with self._lock:
             kept = self._boards.get(board.room_id)
@@ -356,59 +356,6 @@ class Boards:
             self._boards.move_to_end(board.room_id)
             while len(self._boards) > ROOMS:
                 self._boards.popitem(last=False)
-
-
-async def _read_head(db: Database) -> int | None:
-    rows = await db.reads.fetch(changelog.HEAD, {})
-    return None if rows is None else int(rows[0][0])
-
-
-class _SharedHeadRead:
-    """One fast read of the log's head for every listing that asks while another is on its way (PostgreSQL).
-
-    A read serves only requests that asked before it was sent, so its head is at least every
-    position committed before any of them arrived (read-your-writes); one that asks while a
-    read is out waits for the next, sent as soon as that one is back. Under load one round trip
-    then answers a worker's concurrent listings together. SQLite's read is in-process and
-    shares nothing.
-    """
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._next: asyncio.Future[int | None] | None = None  # the next read's answer, not yet sent
-        self._task: asyncio.Task[None] | None = None
-
-    async def position(self) -> int | None:
-        """The head, from a read sent after this call; None: the read failed."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a new event loop (tests): nothing of the old one carries over
-            self._loop, self._next, self._task = loop, None, None
-        if self._next is None:
-            self._next = loop.create_future()
-            if self._task is None:
-                self._task = loop.create_task(self._reads())
-        # Shielded: one caller cancelled (a client gone) must not cancel the others' answer.
-        return await asyncio.shield(self._next)
-
-    async def _reads(self) -> None:
-        answer: asyncio.Future[int | None] | None = None
-        try:
-            while self._next is not None:
-                answer, self._next = self._next, None  # who asks from now on waits for the next read
-                try:
-                    position = await _read_head(self._db)
-                except Exception:
-                    log.exception("the shared head read failed; listings take the usual path")
-                    position = None
-                answer.set_result(position)
-        finally:
-            # Cancelled (shutdown): whoever still waits takes the usual path, and the next caller starts afresh.
-            for waiting in (answer, self._next):
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(None)
-            self._next = None
-            self._task = None
 
 
 def _reaches(board: "RoomBoard", start_from: datetime | None, now: datetime) -> bool:

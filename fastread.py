@@ -14,15 +14,17 @@ other request does (a 503 with its cause logged). A fast read never decides an e
   one round trip, without the hand-off to a worker thread and back that a synchronous driver
   call needs (docs/performance.md#the-fast-path-issue-11). They are kept apart from the
   engine's pool, at most `DB_FAST_READ_CONNECTIONS` per process (0: none; every read then takes
-  the usual path), and bound to the event loop they were opened on.
+  the usual path), and bound to the event loop they were opened on. Concurrent requests that
+  need the same read share one (`FastReads.shared`), so a few connections serve a crowd.
 """
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, TypeVar, cast
 
 import psycopg
 from sqlalchemy import Engine
@@ -42,6 +44,7 @@ READ_TIMEOUT_SECONDS = 1.0
 Connection = psycopg.AsyncConnection[Any]
 Params = Mapping[str, object] | Callable[[], Mapping[str, object]]
 """A read's parameters, or a function giving them once a connection is held (a `now` read then)."""
+T = TypeVar("T")
 
 
 class FastReads:
@@ -58,6 +61,7 @@ class FastReads:
         self._pool: _LoopPool | None = None
         self._paused_until = 0.0
         self._closed = False
+        self._sharing: _SharedReads | None = None
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +80,26 @@ class FastReads:
         except TimeoutError:
             log.info("fast read took over %s s, taking the usual path", READ_TIMEOUT_SECONDS)
             return None
+
+    async def shared(self, key: Hashable, read: Callable[[], Awaitable[T | None]]) -> T | None:
+        """`read()`'s answer, from a read sent after this call, shared by the callers of `key` meanwhile.
+
+        PostgreSQL: callers asking for the same `key` (and so the same read) while one is out
+        wait for the next, sent as soon as that one is back, and all take its answer. Each is
+        answered by a read sent after it asked, so the read sees every commit before its
+        request arrived (read-your-writes); under load one round trip answers a worker's
+        concurrent requests together, and the connections are not queued for one by one.
+        Every caller of one key passes the same read: whichever caller's goes out answers all.
+        SQLite reads in-process and at once: `read` runs for this caller alone. None: the read
+        failed (or raised: logged), the caller takes the usual path.
+        """
+        if not self._postgres:
+            return await _answer(read)
+        loop = asyncio.get_running_loop()
+        sharing = self._sharing
+        if sharing is None or sharing.loop is not loop:  # a new event loop (tests): nothing of the old one carries over
+            sharing = self._sharing = _SharedReads(loop)
+        return await sharing.get(key, read)
 
     async def _fetch_postgres(self, statement: rawsql.Statement, params: Params) -> list[rawsql.Record] | None:
         pool = self._loop_pool()
@@ -143,6 +167,46 @@ class FastReads:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+class _SharedReads:
+    """One event loop's reads under way for `FastReads.shared`, by key: the next read's answer, the task sending it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._next: dict[Hashable, asyncio.Future[Any]] = {}  # answers of reads not yet sent
+        self._tasks: dict[Hashable, asyncio.Task[None]] = {}
+
+    async def get(self, key: Hashable, read: Callable[[], Awaitable[T | None]]) -> T | None:
+        answer = self._next.get(key)
+        if answer is None:
+            answer = self._next[key] = self.loop.create_future()
+            if key not in self._tasks:
+                # In a context of its own: the read serves many requests, not the first one's alone.
+                self._tasks[key] = self.loop.create_task(self._reads(key, read), context=contextvars.Context())
+        # Shielded: one caller cancelled (a client gone) must not cancel the others' answer.
+        return cast(T | None, await asyncio.shield(answer))
+
+    async def _reads(self, key: Hashable, read: Callable[[], Awaitable[Any]]) -> None:
+        answer: asyncio.Future[Any] | None = None
+        try:
+            while (answer := self._next.pop(key, None)) is not None:  # who asks from now on waits for the next
+                answer.set_result(await _answer(read))
+        finally:
+            # Cancelled (shutdown): whoever still waits takes the usual path, and the next caller starts afresh.
+            for waiting in (answer, self._next.pop(key, None)):
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(None)
+            del self._tasks[key]
+
+
+async def _answer(read: Callable[[], Awaitable[T | None]]) -> T | None:
+    """`read()`'s answer; None (logged with its traceback) when it raised: not the database's doing, a bug."""
+    try:
+        return await read()
+    except Exception:
+        log.exception("a fast read failed; its requests take the usual path")
+        return None
 
 
 class _GiveUp(Exception):

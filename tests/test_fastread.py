@@ -1,7 +1,8 @@
 """Fast reads (fastread.py) and what answers from them: a board's head check, a hold's refusal read.
 
-- A listing's shared head read (board._SharedHeadRead) never answers a request with a read
-  sent before the request asked, and one caller's cancellation leaves the others' answer.
+- A shared read (FastReads.shared: a board's head check, a hold's refusal read) never answers
+  a request with a read sent before the request asked, and one caller's cancellation leaves
+  the others' answer; SQLite shares none.
 - PostgreSQL: at most DB_FAST_READ_CONNECTIONS connections per process; a dropped one is
   discarded and the request takes the usual path; a failed connect pauses fast reads; a new
   event loop gets new connections; shutdown closes them.
@@ -21,8 +22,6 @@ from fastapi.testclient import TestClient
 from freezegun import freeze_time
 from sqlalchemy import Engine, Integer, func, select, text
 
-import board
-import changelog
 import fastread
 import rawsql
 import tokens
@@ -35,26 +34,18 @@ _PID = rawsql.Statement(select(func.pg_backend_pid(type_=Integer)))
 _SLOW_PID = rawsql.Statement(select(func.pg_backend_pid(type_=Integer)).select_from(text("pg_sleep(0.05)")))
 
 
-class _GatedReads:
-    """Stands in for Database.reads: each head read waits until the test lets it answer."""
-
-    enabled = True
+class _GatedRead:
+    """A read whose answers wait until the test lets each go: the n-th read sent answers n * 10."""
 
     def __init__(self) -> None:
         self.gates: list[asyncio.Event] = []
 
-    async def fetch(self, statement: rawsql.Statement, params: dict[str, object]) -> list[Any] | None:
-        assert statement is changelog.HEAD
+    async def __call__(self) -> int | None:
         gate = asyncio.Event()
         self.gates.append(gate)
         answer = len(self.gates) * 10
         await gate.wait()
-        return [(answer,)]
-
-
-class _GatedDatabase:
-    def __init__(self) -> None:
-        self.reads = _GatedReads()
+        return answer
 
 
 async def _settle() -> None:
@@ -62,74 +53,110 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-def test_a_listing_that_asks_during_a_head_read_waits_for_the_next_read() -> None:
+def test_a_caller_that_asks_during_a_shared_read_waits_for_the_next_read() -> None:
     """Read-your-writes: a read already sent may predate the caller's write, so its answer is not the caller's."""
 
     async def scenario() -> None:
-        db = _GatedDatabase()
-        shared = board._SharedHeadRead(db)  # type: ignore[arg-type]
-        first = asyncio.create_task(shared.position())
+        shared, read = fastread._SharedReads(asyncio.get_running_loop()), _GatedRead()
+        first = asyncio.create_task(shared.get("head", read))
         await _settle()
-        assert len(db.reads.gates) == 1  # the first read is out
-        second = asyncio.create_task(shared.position())
-        third = asyncio.create_task(shared.position())
+        assert len(read.gates) == 1  # the first read is out
+        second = asyncio.create_task(shared.get("head", read))
+        third = asyncio.create_task(shared.get("head", read))
         await _settle()
-        assert len(db.reads.gates) == 1  # they wait: no read per caller
-        db.reads.gates[0].set()
+        assert len(read.gates) == 1  # they wait: no read per caller
+        read.gates[0].set()
         assert await first == 10
         await _settle()
         assert not second.done() and not third.done()  # not answered by the read sent before they asked
-        assert len(db.reads.gates) == 2  # the next read went out for both
-        db.reads.gates[1].set()
+        assert len(read.gates) == 2  # the next read went out for both
+        read.gates[1].set()
         assert (await second, await third) == (20, 20)
 
     asyncio.run(scenario())
 
 
-def test_a_cancelled_listing_leaves_the_shared_answer_to_the_others() -> None:
+def test_shared_reads_of_different_keys_go_out_apart() -> None:
     async def scenario() -> None:
-        db = _GatedDatabase()
-        shared = board._SharedHeadRead(db)  # type: ignore[arg-type]
-        gone = asyncio.create_task(shared.position())
-        staying = asyncio.create_task(shared.position())
+        shared, one, other = fastread._SharedReads(asyncio.get_running_loop()), _GatedRead(), _GatedRead()
+        first = asyncio.create_task(shared.get(("refusal", 1), one))
+        second = asyncio.create_task(shared.get(("refusal", 2), other))
+        await _settle()
+        assert (len(one.gates), len(other.gates)) == (1, 1)
+        other.gates[0].set()
+        assert await second == 10 and not first.done()
+        one.gates[0].set()
+        assert await first == 10
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_caller_leaves_the_shared_answer_to_the_others() -> None:
+    async def scenario() -> None:
+        shared, read = fastread._SharedReads(asyncio.get_running_loop()), _GatedRead()
+        gone = asyncio.create_task(shared.get("head", read))
+        staying = asyncio.create_task(shared.get("head", read))
         await _settle()
         gone.cancel()
         await _settle()
-        db.reads.gates[0].set()
+        read.gates[0].set()
         assert await staying == 10
         assert gone.cancelled()
 
     asyncio.run(scenario())
 
 
-class _FailingOnceReads(_GatedReads):
-    async def fetch(self, statement: rawsql.Statement, params: dict[str, object]) -> list[Any] | None:
-        rows = await super().fetch(statement, params)
+class _FailingOnceRead(_GatedRead):
+    async def __call__(self) -> int | None:
+        answer = await super().__call__()
         if len(self.gates) == 1:
             raise RuntimeError("a bug in the read")
-        return rows
+        return answer
 
 
-def test_a_head_read_that_raises_answers_everyone_waiting_and_the_next_caller_reads_afresh() -> None:
+def test_a_shared_read_that_raises_answers_everyone_waiting_and_the_next_caller_reads_afresh() -> None:
     async def scenario() -> None:
-        db = _GatedDatabase()
-        db.reads = _FailingOnceReads()
-        shared = board._SharedHeadRead(db)  # type: ignore[arg-type]
-        first = asyncio.create_task(shared.position())
+        shared, read = fastread._SharedReads(asyncio.get_running_loop()), _FailingOnceRead()
+        first = asyncio.create_task(shared.get("head", read))
         await _settle()
-        second = asyncio.create_task(shared.position())  # waits for the read after the failing one
+        second = asyncio.create_task(shared.get("head", read))  # waits for the read after the failing one
         await _settle()
-        db.reads.gates[0].set()
+        read.gates[0].set()
         assert await first is None  # the usual path answers it
         await _settle()
-        db.reads.gates[1].set()
+        read.gates[1].set()
         assert await second == 20
-        later = asyncio.create_task(shared.position())
+        later = asyncio.create_task(shared.get("head", read))
         await _settle()
-        db.reads.gates[2].set()
+        read.gates[2].set()
         assert await later == 30
 
     asyncio.run(scenario())
+
+
+def test_sqlite_shares_no_read(tmp_path: Any) -> None:
+    """In-process reads answer at once: each caller runs its own; one that raises answers None, as on PostgreSQL."""
+    db = Database(isolated_settings(database_url=f"sqlite:///{tmp_path / 'reads.db'}"))
+    calls: list[int] = []
+
+    async def read() -> int:
+        calls.append(1)
+        mine = len(calls)
+        await asyncio.sleep(0)
+        return mine
+
+    async def scenario() -> list[int | None]:
+        return await asyncio.gather(*(db.reads.shared("head", read) for _ in range(3)))
+
+    try:
+        assert sorted(asyncio.run(scenario())) == [1, 2, 3]  # type: ignore[type-var]
+
+        async def broken() -> int:
+            raise RuntimeError("a bug in the read")
+
+        assert asyncio.run(db.reads.shared("head", broken)) is None  # logged; the usual path answers
+    finally:
+        db.dispose()
 
 
 @pytest.fixture
