@@ -7,11 +7,13 @@ earlier. The partial unique index `uq_holds_active_slot` backs this up: whatever
 level, the database refuses a second HOLD/CONFIRMED row for a slot.
 """
 
+import asyncio
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from math import ceil
 from typing import Any, NoReturn, Protocol
 
@@ -313,11 +315,111 @@ def _write_holds(session: Session, *writes: _HoldWrite) -> list[rawsql.Record | 
 # --- the lifecycle -------------------------------------------------------------------------------
 
 
-async def refuse_if_taken(db: Database, slot_id: uuid.UUID, user_id: uuid.UUID) -> bool:
-    """`create_hold`'s refusal read as a fast read (fastread.py): 404 or 409 raised; True when it found the slot free.
+class HoldAttempts:
+    """A worker's concurrent unkeyed holds: answered from shared fast reads, one claim per slot written at a time.
 
-    False when the read could not be answered that way: `create_hold` then reads it itself.
+    Under a rush on one slot (a hundred clicks when it frees up) every request that saw it free
+    would otherwise run a write transaction, queue on the slot's row lock and be refused in turn
+    by the winner's claim, each at a write's cost. Here the first one claims in its turn; the
+    others of this worker wait for the turn to end. If it claimed the slot, they are refused
+    from that claim; if not, they read again (docs/design.md#a-rush-on-one-slot).
+
+    Nothing is decided here that the claim's own statement would not: a request is refused only
+    for a claim it saw live at a moment after it arrived (a read sent after it asked, or a claim
+    written in a turn that began after it asked), and waiting only delays its claim.
     """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: dict[uuid.UUID, _SlotTurns] = {}  # slots with a hold request under way here
+
+    @asynccontextmanager
+    async def turn(self, slot_id: uuid.UUID, user_id: uuid.UUID) -> AsyncIterator["ClaimTurn"]:
+        """404 or 409 raised, from fast reads or from a claim written meanwhile; else this worker's turn to claim.
+
+        The turn's `read` is True when a read found the slot free (`create_hold` skips its own),
+        False when no fast read could answer (then `create_hold` reads and decides as it always
+        did, and no turn is taken). A claim written in the turn is told to it (`ClaimTurn.claimed`).
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests): nothing of the old one carries over
+            self._loop, self._slots = loop, {}
+        slots = self._slots
+        slot = slots.get(slot_id)
+        if slot is None:
+            slot = slots[slot_id] = _SlotTurns()
+        slot.requests += 1
+        arrived = slot.turns_begun  # a turn numbered above this began after this request arrived
+        try:
+            while True:
+                turns_ended = slot.turns_ended
+                if not await self._refuse_if_taken(slot_id, user_id):
+                    yield ClaimTurn(read=False)
+                    return
+                if slot.claiming is not None:
+                    await asyncio.wait([slot.claiming])  # not cancelled with this request: others wait on it too
+                elif slot.turns_ended == turns_ended:
+                    break
+                # A turn ended since the read went out: its claim, if it began after this request
+                # arrived, refuses it; otherwise the slot is read again.
+                # (Unexpired now, so it was live when it committed, before now.)
+                last = slot.last_turn
+                hold = last.hold if last is not None and last.number > arrived else None
+                if hold is not None and hold["expires_at"] > utc_now():
+                    _refuse_claimed(hold["status"], hold["user_id"], hold["expires_at"], hold["hold_id"], user_id)
+            slot.turns_begun += 1
+            turn = ClaimTurn(read=True, number=slot.turns_begun)
+            slot.claiming = loop.create_future()
+            try:
+                yield turn
+            finally:
+                slot.last_turn = turn
+                slot.turns_ended += 1
+                slot.claiming.set_result(None)
+                slot.claiming = None
+        finally:
+            slot.requests -= 1
+            if slot.requests == 0:
+                del slots[slot_id]
+
+    async def _refuse_if_taken(self, slot_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+        """`create_hold`'s refusal read, shared (fastread.py): 404 or 409 raised; True: found free; False: not read."""
+        read = await self._db.reads.shared(("refusal", slot_id), partial(_read_slot_and_claim, self._db, slot_id))
+        if read is None:
+            return False
+        slot, now = read
+        _refuse_if_claimed(slot, user_id, now)
+        return True
+
+
+@dataclass
+class ClaimTurn:
+    """A request's turn to claim a slot (`HoldAttempts.turn`): whether a read found it free, and what it claimed."""
+
+    read: bool
+    number: int = 0
+    hold: HoldReadFields | None = None
+
+    def claimed(self, hold: HoldReadFields) -> HoldReadFields:
+        """Record the hold this turn's claim wrote and committed; return it."""
+        self.hold = hold
+        return hold
+
+
+@dataclass
+class _SlotTurns:
+    """One slot's hold requests under way in this worker (`HoldAttempts`)."""
+
+    requests: int = 0
+    claiming: asyncio.Future[None] | None = None  # done when the turn under way ends
+    turns_begun: int = 0
+    turns_ended: int = 0
+    last_turn: ClaimTurn | None = None
+
+
+async def _read_slot_and_claim(db: Database, slot_id: uuid.UUID) -> tuple[rawsql.Record | None, datetime] | None:
+    """`_slot_and_claim` as a fast read, with the time it is judged at; None when it could not be read so."""
     judged_at: list[datetime] = []
 
     def params() -> dict[str, object]:  # the clock read once a connection is held, as a transaction's would be
@@ -326,9 +428,8 @@ async def refuse_if_taken(db: Database, slot_id: uuid.UUID, user_id: uuid.UUID) 
 
     rows = await db.reads.fetch(_one_slot_statement(False), params)
     if rows is None:
-        return False
-    _refuse_if_claimed(rows[0] if rows else None, user_id, judged_at[0])
-    return True
+        return None
+    return (rows[0] if rows else None), judged_at[0]
 
 
 def create_hold(
@@ -336,7 +437,7 @@ def create_hold(
 ) -> HoldReadFields:
     """Claim a free slot for `settings.hold_ttl_seconds`; 404 unknown slot, 409 taken or started.
 
-    `refusal_read=False`: the caller has just made it (`refuse_if_taken`).
+    `refusal_read=False`: the caller has just made it (`HoldAttempts.turn`).
     """
     # A slot that is plainly taken is refused from a read, so the contention path (a hundred
     # clicks on one slot) never queues for the write lock. The read only refuses: it saw a
@@ -396,16 +497,22 @@ def _refuse_if_claimed(slot: rawsql.Record | None, user_id: uuid.UUID, now: date
         raise Conflict(Code.SLOT_STARTED, "This slot has already started and can no longer be held.")
     if slot.claim_id is None:
         return
-    if slot.claim_status == CONFIRMED:
+    _refuse_claimed(slot.claim_status, slot.claim_user_id, slot.claim_expires_at, slot.claim_id, user_id)
+
+
+def _refuse_claimed(
+    status: HoldStatus, owner_id: uuid.UUID, held_until: datetime, hold_id: uuid.UUID, user_id: uuid.UUID
+) -> NoReturn:
+    """409 for a slot with this live claim, as `user_id` sees it (theirs: its id too)."""
+    if status == CONFIRMED:
         raise SlotUnavailable(Code.SLOT_UNAVAILABLE, "This slot is already booked.", slot_status=SlotStatus.BOOKED)
-    mine = slot.claim_user_id == user_id
-    held_until = slot.claim_expires_at
+    mine = owner_id == user_id
     raise SlotUnavailable(
         Code.SLOT_UNAVAILABLE,
         f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(held_until)}.",
         slot_status=SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER,
         held_until=held_until,
-        hold_id=slot.claim_id if mine else None,
+        hold_id=hold_id if mine else None,
     )
 
 

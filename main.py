@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from auth import issue_token, resolve_admin_token
 from board import Boards
 from bodylimit import BodyLimit
+from booking import HoldAttempts
 from config import Settings, get_settings
 from db import Database, prepare_schema, seed_demo_data
 from errors import install_error_handlers
@@ -62,6 +63,7 @@ def _start(settings: Settings) -> AppState:
         admin_token_hash=admin.token_hash,
         hub=Hub(db, settings),
         boards=Boards(db),
+        attempts=HoldAttempts(db),
     )
 
 

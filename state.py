@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from starlette.datastructures import State
 
 from board import Boards
+from booking import HoldAttempts
 from config import Settings
 from db import Database
 from live import Hub
@@ -15,7 +16,7 @@ from tokens import TokenCache
 
 @dataclass(frozen=True, eq=False)
 class AppState(State):
-    """What the running app was started with (settings, database, tokens, live hub, room boards); fixed once started.
+    """What the running app was started with (settings, database, tokens, hub, boards, hold attempts); fixed at start.
 
     A Starlette `State`, so it can stand as `app.state` itself (tests reach `app.state.db`).
     """
@@ -26,6 +27,7 @@ class AppState(State):
     admin_token_hash: str = field(repr=False)
     hub: Hub
     boards: Boards
+    attempts: HoldAttempts
 
     def __post_init__(self) -> None:
         State.__init__(self)  # the backing store Starlette's State falls back to; stays empty
@@ -55,7 +57,12 @@ async def _boards(request: Request) -> Boards:
     return app_state(request).boards
 
 
+async def _attempts(request: Request) -> HoldAttempts:
+    return app_state(request).attempts
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HubDep = Annotated[Hub, Depends(_hub)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 BoardsDep = Annotated[Boards, Depends(_boards)]
+HoldAttemptsDep = Annotated[HoldAttempts, Depends(_attempts)]

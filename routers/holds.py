@@ -1,6 +1,8 @@
 """/holds: hold a slot, then confirm, release, extend or cancel it."""
 
 import uuid
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -18,7 +20,7 @@ from pagination import DEFAULT_LIMIT, MAX_LIMIT
 from ratelimit import HoldingUserId
 from routers import json_response
 from schemas import Cursor, HoldAction, HoldCreate, HoldHistory, HoldPage, HoldRead, HoldReadFields, HoldStatus
-from state import DatabaseDep, SettingsDep
+from state import DatabaseDep, HoldAttemptsDep, SettingsDep
 
 router = APIRouter(prefix="/holds", tags=["holds"], route_class=FastRoute)
 
@@ -50,19 +52,24 @@ async def create_hold(
     db: DatabaseDep,
     settings: SettingsDep,
     idem: IdempotencyDep,
+    attempts: HoldAttemptsDep,
 ) -> Response:
     """Hold a free slot for HOLD_TTL_SECONDS; 409 (with `held_until`) if anyone holds or booked it."""
     ensure_acting_user(user_id, data.user_id)
-    # A plainly taken slot is refused from a fast read, on the event loop (fastread.py); not for
-    # a keyed request, whose retry must find its stored answer first (a 201 for its own hold).
-    read = idem is None and await booking.refuse_if_taken(db, data.slot_id, user_id)
 
-    def work(session: Session) -> HoldReadFields:
-        return booking.create_hold(
-            session, slot_id=data.slot_id, user_id=user_id, settings=settings, refusal_read=not read
+    def work(refusal_read: bool) -> Callable[[Session], HoldReadFields]:
+        return partial(
+            booking.create_hold, slot_id=data.slot_id, user_id=user_id, settings=settings, refusal_read=refusal_read
         )
 
-    return await respond(db, settings, idem, user_id, work, 201)
+    if idem is not None:
+        # A keyed request's retry must find its stored answer (a 201 for its own hold) before any refusal.
+        return await respond(db, settings, idem, user_id, work(True), 201)
+    # A plainly taken slot is refused from a shared fast read, on the event loop; a free one is
+    # claimed in this worker's turn for the slot (booking.HoldAttempts).
+    async with attempts.turn(data.slot_id, user_id) as turn:
+        claim = work(not turn.read)
+        return await respond(db, settings, idem, user_id, lambda session: turn.claimed(claim(session)), 201)
 
 
 @router.get(
