@@ -55,6 +55,7 @@ from errors import (
     Code,
     Conflict,
     HoldGone,
+    LiveClaim,
     NotFound,
     NotHoldOwner,
     SlotUnavailable,
@@ -321,12 +322,13 @@ class HoldAttempts:
     Under a rush on one slot (a hundred clicks when it frees up) every request that saw it free
     would otherwise run a write transaction, queue on the slot's row lock and be refused in turn
     by the winner's claim, each at a write's cost. Here the first one claims in its turn; the
-    others of this worker wait for the turn to end. If it claimed the slot, they are refused
-    from that claim; if not, they read again (docs/design.md#a-rush-on-one-slot).
+    others of this worker wait for the turn to end. If it claimed the slot, or its write was
+    refused by another worker's claim, they are refused from that claim; if not, they read
+    again (docs/design.md#a-rush-on-one-slot).
 
     Nothing is decided here that the claim's own statement would not: a request is refused only
-    for a claim it saw live at a moment after it arrived (a read sent after it asked, or a claim
-    written in a turn that began after it asked), and waiting only delays its claim.
+    for a claim seen live at a moment after it arrived (by a read sent after it asked, or by a
+    turn that began after it asked), and waiting only delays its claim.
     """
 
     def __init__(self, db: Database) -> None:
@@ -340,7 +342,8 @@ class HoldAttempts:
 
         The turn's `read` is True when a read found the slot free (`create_hold` skips its own),
         False when no fast read could answer (then `create_hold` reads and decides as it always
-        did, and no turn is taken). A claim written in the turn is told to it (`ClaimTurn.claimed`).
+        did, and no turn is taken). A claim written in the turn is told to it (`ClaimTurn.claimed`);
+        a claim that refused its write comes with the refusal (`SlotUnavailable.claim`).
         """
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (tests): nothing of the old one carries over
@@ -361,18 +364,20 @@ class HoldAttempts:
                     await asyncio.wait([slot.claiming])  # not cancelled with this request: others wait on it too
                 elif slot.turns_ended == turns_ended:
                     break
-                # A turn ended since the read went out: its claim, if it began after this request
-                # arrived, refuses it; otherwise the slot is read again.
-                # (Unexpired now, so it was live when it committed, before now.)
+                # A turn ended since the read went out: the claim it made or was refused by, if
+                # the turn began after this request arrived, refuses it; else the slot is read again.
                 last = slot.last_turn
-                hold = last.hold if last is not None and last.number > arrived else None
-                if hold is not None and hold["expires_at"] > utc_now():
-                    _refuse_claimed(hold["status"], hold["user_id"], hold["expires_at"], hold["hold_id"], user_id)
+                claim = last.claim if last is not None and last.number > arrived else None
+                if claim is not None and (claim.status == CONFIRMED or claim.held_until > utc_now()):
+                    _refuse_claimed(claim, user_id)  # (unexpired now: live when seen, before now)
             slot.turns_begun += 1
             turn = ClaimTurn(read=True, number=slot.turns_begun)
             slot.claiming = loop.create_future()
             try:
                 yield turn
+            except SlotUnavailable as refused:
+                turn.claim = refused.claim  # the claim its write found, seen live after the turn began
+                raise
             finally:
                 slot.last_turn = turn
                 slot.turns_ended += 1
@@ -395,15 +400,15 @@ class HoldAttempts:
 
 @dataclass
 class ClaimTurn:
-    """A request's turn to claim a slot (`HoldAttempts.turn`): whether a read found it free, and what it claimed."""
+    """A request's turn to claim a slot (`HoldAttempts.turn`): did a read find it free; the claim it made or met."""
 
     read: bool
     number: int = 0
-    hold: HoldReadFields | None = None
+    claim: LiveClaim | None = None
 
     def claimed(self, hold: HoldReadFields) -> HoldReadFields:
         """Record the hold this turn's claim wrote and committed; return it."""
-        self.hold = hold
+        self.claim = LiveClaim(hold["user_id"], hold["status"], hold["expires_at"], hold["hold_id"])
         return hold
 
 
@@ -497,22 +502,23 @@ def _refuse_if_claimed(slot: rawsql.Record | None, user_id: uuid.UUID, now: date
         raise Conflict(Code.SLOT_STARTED, "This slot has already started and can no longer be held.")
     if slot.claim_id is None:
         return
-    _refuse_claimed(slot.claim_status, slot.claim_user_id, slot.claim_expires_at, slot.claim_id, user_id)
+    _refuse_claimed(LiveClaim(slot.claim_user_id, slot.claim_status, slot.claim_expires_at, slot.claim_id), user_id)
 
 
-def _refuse_claimed(
-    status: HoldStatus, owner_id: uuid.UUID, held_until: datetime, hold_id: uuid.UUID, user_id: uuid.UUID
-) -> NoReturn:
+def _refuse_claimed(claim: LiveClaim, user_id: uuid.UUID) -> NoReturn:
     """409 for a slot with this live claim, as `user_id` sees it (theirs: its id too)."""
-    if status == CONFIRMED:
-        raise SlotUnavailable(Code.SLOT_UNAVAILABLE, "This slot is already booked.", slot_status=SlotStatus.BOOKED)
-    mine = owner_id == user_id
+    if claim.status == CONFIRMED:
+        raise SlotUnavailable(
+            Code.SLOT_UNAVAILABLE, "This slot is already booked.", claim=claim, slot_status=SlotStatus.BOOKED
+        )
+    mine = claim.owner_id == user_id
     raise SlotUnavailable(
         Code.SLOT_UNAVAILABLE,
-        f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(held_until)}.",
+        f"This slot is held {'by you' if mine else 'by another user'} until {to_jsonable_python(claim.held_until)}.",
+        claim=claim,
         slot_status=SlotStatus.HELD_BY_ME if mine else SlotStatus.HELD_BY_OTHER,
-        held_until=held_until,
-        hold_id=hold_id if mine else None,
+        held_until=claim.held_until,
+        hold_id=claim.hold_id if mine else None,
     )
 
 

@@ -1,9 +1,12 @@
 """Domain errors that carry an HTTP status and a stable code, and the one problem+json renderer."""
 
 import logging
+import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from enum import Enum
 from functools import lru_cache
+from typing import NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -190,8 +193,29 @@ class Conflict(DomainError):
     title = "Conflict"
 
 
+class LiveClaim(NamedTuple):
+    """A slot's live claim as the service saw it: whose it is, its status, until when, its id."""
+
+    owner_id: uuid.UUID
+    status: str
+    held_until: datetime
+    hold_id: uuid.UUID
+
+
 class SlotUnavailable(Conflict):
-    """The slot already has a live claim (409)."""
+    """The slot already has a live claim (409); `claim` is that claim when known (not all of it is shown)."""
+
+    def __init__(
+        self,
+        code: Code,
+        detail: str,
+        *,
+        claim: LiveClaim | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extra: object,
+    ):
+        super().__init__(code, detail, headers=headers, **extra)
+        self.claim = claim
 
 
 class HoldGone(DomainError):

@@ -155,6 +155,11 @@ class TokenCache:
         return owner
 
     def forget(self, token_hash: str) -> None:
-        """Drop a token from this process's cache (it was revoked here): refused at once."""
+        """Drop a token from this process's cache (it was revoked here).
+
+        Its next request reads the token again, and is refused. A check already under way here,
+        whose read went out before the revocation committed, may still admit it once more; its
+        entry's age counts from before that read, so within the cache's second all the same.
+        """
         with self._lock:
             self._entries.pop(token_hash, None)

@@ -2,6 +2,7 @@
 
 - Requests that read a slot free wait while one of them claims it; a claim written in a turn
   that began after they arrived refuses them without another read (theirs: HELD_BY_ME).
+- So does the claim a turn's write was refused by (another worker's), when it names one.
 - A turn that claims nothing, or began before a request arrived, sends it to read again.
 - A read that went out before a turn ended is not trusted to take the next turn.
 - With no fast read, requests go to the unit of work as before, without turns.
@@ -23,7 +24,7 @@ from sqlalchemy import Engine
 import fastread
 import rawsql
 from booking import ClaimTurn, HoldAttempts
-from errors import SlotUnavailable
+from errors import Code, LiveClaim, SlotUnavailable
 from schemas import HoldReadFields, HoldStatus
 from tests.conftest import POSTGRES_URL, empty_postgres
 from tests.factories import ADMIN_TOKEN
@@ -210,6 +211,61 @@ def test_a_turn_whose_write_fails_sends_the_waiting_to_read_again() -> None:
         await _settle()
         assert _refusal(second)["slot_status"] == "HELD_BY_OTHER"
         assert rush.in_turn == ["first"] and rush.attempts._slots == {}
+
+    _run(scenario())
+
+
+def test_a_turn_refused_by_another_workers_claim_refuses_the_waiting_from_it() -> None:
+    """The claim its write met was live after the turn began: the waiting are told so, without another read."""
+
+    async def scenario() -> None:
+        rush = _Rush(_Reads())
+        first, carol, bob = await rush.all_read(FREE, ("first", ALICE), ("carol", CAROL), ("bob", BOB))
+        theirs = _hold(BOB)
+        met = LiveClaim(BOB, HoldStatus.HOLD, theirs["expires_at"], theirs["hold_id"])
+        rush.finish["first"].set_result(SlotUnavailable(Code.SLOT_UNAVAILABLE, "taken", claim=met))
+        with pytest.raises(SlotUnavailable):
+            await first
+        await _settle()
+        assert rush.reads.sent == 3 and not rush.reads.out
+        assert (_refusal(carol)["slot_status"], _refusal(carol)["hold_id"]) == ("HELD_BY_OTHER", None)
+        assert (_refusal(bob)["slot_status"], _refusal(bob)["hold_id"]) == ("HELD_BY_ME", theirs["hold_id"])
+
+    _run(scenario())
+
+
+def test_a_booking_met_by_a_turn_refuses_the_waiting_however_old_its_hold() -> None:
+    """A booking stays live after its hold's expires_at: the waiting are told it is booked."""
+
+    async def scenario() -> None:
+        rush = _Rush(_Reads())
+        first, second = await rush.all_read(FREE, ("first", ALICE), ("second", CAROL))
+        booked = LiveClaim(BOB, HoldStatus.CONFIRMED, datetime.now(UTC) - timedelta(hours=1), uuid.uuid4())
+        rush.finish["first"].set_result(SlotUnavailable(Code.SLOT_UNAVAILABLE, "booked", claim=booked))
+        with pytest.raises(SlotUnavailable):
+            await first
+        await _settle()
+        assert _refusal(second)["slot_status"] == "BOOKED" and not rush.reads.out
+
+    _run(scenario())
+
+
+def test_a_turn_refused_without_a_claim_to_name_sends_the_waiting_to_read_again() -> None:
+    """ "Claimed concurrently": the write saw no live claim, so the waiting have nothing to be refused from."""
+
+    async def scenario() -> None:
+        rush = _Rush(_Reads())
+        first, second = await rush.all_read(FREE, ("first", ALICE), ("second", BOB))
+        rush.finish["first"].set_result(SlotUnavailable(Code.SLOT_UNAVAILABLE, "claimed concurrently"))
+        with pytest.raises(SlotUnavailable):
+            await first
+        await _settle()
+        assert len(rush.reads.out) == 1 and not second.done()
+        rush.reads.answer(FREE)
+        await _settle()
+        assert rush.in_turn == ["first", "second"]
+        rush.finish["second"].set_result(None)
+        await second
 
     _run(scenario())
 
