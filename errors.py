@@ -197,7 +197,7 @@ class LiveClaim(NamedTuple):
     """A slot's live claim as the service saw it: whose it is, its status, until when, its id."""
 
     owner_id: uuid.UUID
-    status: str
+    status: HoldStatus
     held_until: datetime
     hold_id: uuid.UUID
 

@@ -19,15 +19,18 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+import booking
 import fastread
 import rawsql
 from booking import ClaimTurn, HoldAttempts
 from errors import Code, LiveClaim, SlotUnavailable
 from schemas import HoldReadFields, HoldStatus
 from tests.conftest import POSTGRES_URL, empty_postgres
-from tests.factories import ADMIN_TOKEN
+from tests.factories import ADMIN_TOKEN, make_hold, make_room, make_slot, make_user
 from tests.race import http_racers
 from tests.server import running_server, seed_over_http
 
@@ -400,6 +403,44 @@ def test_without_a_fast_read_every_request_goes_to_the_unit_of_work_without_a_tu
         await asyncio.gather(first, second)
 
     _run(scenario())
+
+
+def test_a_refused_claim_names_the_claim_it_met_and_the_body_does_not(client: TestClient) -> None:
+    """What a turn passes on comes from create_hold's own refusal; the problem body shows only what it did before."""
+    alice, bob = make_user(client), make_user(client)
+    slot = make_slot(client, make_room(client))
+    held = make_hold(client, alice, slot)
+    state = client.app.state  # type: ignore[attr-defined]
+    with Session(state.db.engine) as session, pytest.raises(SlotUnavailable) as refused:
+        booking.create_hold(
+            session,
+            slot_id=uuid.UUID(slot),
+            user_id=uuid.UUID(bob.id),
+            settings=state.settings,
+            refusal_read=False,  # as in a turn: straight to the write, which is refused
+        )
+    assert refused.value.claim == (
+        uuid.UUID(alice.id),
+        HoldStatus.HOLD,
+        _at(held["expires_at"]),
+        uuid.UUID(held["hold_id"]),
+    )
+    body = client.post("/holds", json={"slot_id": slot}, headers=bob.auth).json()
+    assert set(body) == {
+        "type",
+        "title",
+        "status",
+        "detail",
+        "code",
+        "slot_status",
+        "held_until",
+        "hold_id",
+        "request_id",
+    }
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @pytest.mark.slow
